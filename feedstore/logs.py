@@ -1,0 +1,21 @@
+"""Logging setup for the CLI: one format, to stderr, quiet third-party chatter."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_NOISY = ("great_expectations", "feast", "urllib3", "asyncio", "numexpr", "matplotlib")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Configure the root logger once per process (idempotent)."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if not any(getattr(h, "_feedstore", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._feedstore = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
