@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,9 @@ class ItemConfig(_Strict):
 class EngagementConfig(_Strict):
     """Click, like, share and dwell-time signals."""
 
-    target_ctr: float = Field(0.12, gt=0.0, lt=1.0, description="Overall click-through rate the generator calibrates to.")
+    target_ctr: float = Field(
+        0.12, gt=0.0, lt=1.0, description="Overall click-through rate the generator calibrates to."
+    )
     user_propensity_sigma: float = Field(0.3, ge=0.0, description="Std of per-user click log-odds offsets.")
     like_given_click: float = Field(0.25, ge=0.0, le=1.0, description="P(like | click) for an average item.")
     share_given_like: float = Field(0.20, ge=0.0, le=1.0, description="P(share | click, like).")
@@ -209,12 +211,12 @@ class GenerationConfig(_Strict):
 
     @property
     def start_ts(self) -> datetime:
-        return datetime.combine(self.start, time(0), tzinfo=timezone.utc)
+        return datetime.combine(self.start, time(0), tzinfo=UTC)
 
     @property
     def end_ts(self) -> datetime:
         """Exclusive upper bound of event timestamps: midnight after `end`."""
-        return datetime.combine(self.end + timedelta(days=1), time(0), tzinfo=timezone.utc)
+        return datetime.combine(self.end + timedelta(days=1), time(0), tzinfo=UTC)
 
     @property
     def n_days(self) -> int:

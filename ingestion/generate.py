@@ -249,11 +249,10 @@ def _impressions(world: World, day: int, n: int, rng: np.random.Generator) -> di
     drift = cfg.preferences.drift * np.clip((ts - world.start_us) / (world.end_us - world.start_us), 0, 1)
     r = rng.random(n) + user
     use_b = rng.random(n) < drift
-    cat = np.where(
-        use_b,
-        np.searchsorted(world.flat_cum_b, r, side="right"),
-        np.searchsorted(world.flat_cum_a, r, side="right"),
-    ) - user * n_c
+    cat = np.empty(n, dtype=np.int64)
+    cat[use_b] = np.searchsorted(world.flat_cum_b, r[use_b], side="right")
+    cat[~use_b] = np.searchsorted(world.flat_cum_a, r[~use_b], side="right")
+    cat -= user * n_c
     cat = np.clip(cat, 0, n_c - 1)
     explore = rng.random(n) < cfg.preferences.exploration
     cat = np.where(explore, rng.integers(0, n_c, n), cat)
@@ -277,7 +276,7 @@ def _impressions(world: World, day: int, n: int, rng: np.random.Generator) -> di
     cat = world.category[item]
 
     # click log-odds, all terms but the intercept
-    im, eng, tmp = cfg.items_model, cfg.engagement, cfg.temporal
+    im, tmp = cfg.items_model, cfg.temporal
     q = world.quality[item]
     q_mean = im.quality_alpha / (im.quality_alpha + im.quality_beta)
     age_days = (ts - world.creation_us[item]) / US_PER_DAY
@@ -313,7 +312,8 @@ def _engage(world: World, imp: dict[str, np.ndarray], rng: np.random.Generator) 
     share = click & (rng.random(n) < np.where(like, eng.share_given_like, eng.share_given_no_like))
     raw_dwell = eng.dwell_scale_seconds * (0.5 + q) * rng.weibull(eng.dwell_weibull_shape, n)
     dwell = np.where(click, np.clip(np.round(raw_dwell, 2), 0.01, eng.dwell_cap_seconds), 0.0)
-    return {"click": click.astype(np.int8), "like": like.astype(np.int8), "share": share.astype(np.int8), "dwell": dwell}
+    as_int8 = lambda a: a.astype(np.int8)  # noqa: E731
+    return {"click": as_int8(click), "like": as_int8(like), "share": as_int8(share), "dwell": dwell}
 
 
 def _calibrate_base_logit(world: World) -> float:
@@ -445,9 +445,10 @@ def _write_block(world: World, task: BlockTask, fault_rate: float, out_dir: Path
         counts, user_null, item_null = faults_mod.inject(world, cols, fault_rate, frng)
     table = block_table(cols, user_null, item_null)
     event_day = cols["ts"] // US_PER_DAY
+    days = np.unique(event_day)
     rows_by_date: dict[str, int] = {}
-    for d in np.unique(event_day):
-        part = table if len(np.unique(event_day)) == 1 else table.filter(pa.array(event_day == d))
+    for d in days:
+        part = table if len(days) == 1 else table.filter(pa.array(event_day == d))
         date = str(np.datetime64(int(d), "D"))
         write_parquet(part, out_dir / f"date={date}" / f"part-{task.day:05d}-{task.block:03d}.parquet")
         rows_by_date[date] = part.num_rows
@@ -573,7 +574,8 @@ def _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress):
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(cfg, fault_rate, str(stage))) as pool:
-            for task, res in zip(tasks, pool.map(_run_task, tasks, chunksize=max(1, len(tasks) // (8 * workers)))):
+            chunksize = max(1, len(tasks) // (8 * workers))
+            for task, res in zip(tasks, pool.map(_run_task, tasks, chunksize=chunksize), strict=True):
                 bar.update(task.n)
                 yield res
     finally:

@@ -36,7 +36,7 @@ def _band(pattern: str, metric: str, value: float, band: tuple[float, float]) ->
 
 
 def _cmp(pattern: str, metric: str, value: float, op: str, ref: float) -> Check:
-    ok = {">": value > ref, "<": value < ref, "==": value == ref, ">=": value >= ref}[op]
+    ok = {">": value > ref, "<": value < ref, "==": value == ref, ">=": value >= ref, "<=": value <= ref}[op]
     return Check(pattern, metric, f"{op} {ref:g}", round(float(value), 4), bool(ok))
 
 
@@ -149,7 +149,8 @@ def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
         measured_hl = -1 / slope if slope < 0 else float("inf")
         checks.append(_band("lifecycle: viral phase then decay", "measured exposure half-life (days)",
                             measured_hl, (hl / 2, hl * 2)))
-    young = one("SELECT avg((event_timestamp - creation_date < INTERVAL 7 DAY)::INT) FROM ev JOIN items USING (item_id)")
+    young = one("SELECT avg((event_timestamp - creation_date < INTERVAL 7 DAY)::INT) "
+                "FROM ev JOIN items USING (item_id)")
     created_7d_share = 7 / max(cfg.n_days, 7)
     checks.append(_cmp("recency bias", "share of impressions on items < 7 days old", young, ">", created_7d_share))
 
@@ -186,7 +187,7 @@ def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
                avg(dwell_time) FILTER (WHERE qt = 3), avg(dwell_time) FILTER (WHERE qt = 1) FROM c""")[0]
     if d_med is not None:
         checks.append(_cmp("dwell time: heavy tail", "mean / median dwell of clicks", d_mean / d_med, ">", 1.2))
-        checks.append(_cmp("dwell time: capped", "max dwell (s)", d_max, "<", 300.0001))
+        checks.append(_cmp("dwell time: capped", "max dwell (s)", d_max, "<=", cfg.engagement.dwell_cap_seconds))
         checks.append(_cmp("dwell time: longer for better content", "mean dwell top / bottom quality tertile",
                            d_hi / d_lo, ">", 1.1))
     checks.append(_cmp("signals", "dwell > 0 exactly when clicked (violations)",
@@ -216,4 +217,4 @@ def format_table(checks: list[Check]) -> str:
         (c.pattern, c.metric, c.target, f"{c.measured:g}", "ok" if c.ok else "MISS") for c in checks
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)

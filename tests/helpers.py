@@ -1,0 +1,22 @@
+"""Test helpers: read generated data back as pandas and compute independent rule checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ingestion.schemas import interactions_dir, items_path, users_path
+
+
+def read_raw(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(interactions, users, items) as pandas; interactions keep their hive `date` directory as a column."""
+    dataset = ds.dataset(interactions_dir(data_dir), format="parquet", partitioning="hive")
+    ev = dataset.to_table().to_pandas()
+    return ev, pq.read_table(users_path(data_dir)).to_pandas(), pq.read_table(items_path(data_dir)).to_pandas()
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
