@@ -214,6 +214,63 @@ def _weighted_pick(cumw: np.ndarray, lo: np.ndarray, hi: np.ndarray, r: np.ndarr
     return np.clip(pos, lo, hi - 1)
 
 
+class _ItemSampler:
+    """Weighted item draws for one day: within a category, or over all items, published before `ts`."""
+
+    def __init__(self, world: World, day: int):
+        self.world, self.day = world, day
+        self.cumw = _item_day_cumw(world, day, world.item_order)
+        self._cumw_all: np.ndarray | None = None
+
+    def in_category(self, cat: np.ndarray, ts: np.ndarray, r: np.ndarray) -> np.ndarray:
+        w = self.world
+        rel_ts = ts - (w.start_us - 400 * US_PER_DAY)
+        lo = w.category_start[cat]
+        hi = np.searchsorted(w.item_key, (cat.astype(np.int64) << 52) + rel_ts, side="left")
+        empty = hi <= lo  # nothing of this category published yet: fall back to any category
+        item = w.item_order[_weighted_pick(self.cumw, np.where(empty, 0, lo), np.where(empty, w.n_items, hi), r)]
+        if empty.any():
+            item[empty] = self.anywhere(ts[empty], r[empty])
+        return item
+
+    def anywhere(self, ts: np.ndarray, r: np.ndarray) -> np.ndarray:
+        w = self.world
+        if self._cumw_all is None:
+            self._cumw_all = _item_day_cumw(w, self.day, w.items_by_creation)
+        hi = np.searchsorted(w.creation_sorted, ts, side="left")
+        return w.items_by_creation[_weighted_pick(self._cumw_all, np.zeros_like(hi), hi, r)]
+
+
+def _repeats(ev_req: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Mask of impressions whose item already appeared earlier in the same request."""
+    order = np.lexsort((item, ev_req))
+    same = (ev_req[order][1:] == ev_req[order][:-1]) & (item[order][1:] == item[order][:-1])
+    mask = np.zeros(len(item), dtype=bool)
+    mask[order[1:][same]] = True
+    return mask
+
+
+def _redraw_repeats(samplers: _ItemSampler, ev_req, item, cat, ts, rng, rounds: int = 4) -> np.ndarray:
+    """Redraw repeated items of a request: a few rounds in the same category, then over all categories."""
+    for attempt in range(2 * rounds):
+        rep = np.flatnonzero(_repeats(ev_req, item))
+        if not len(rep):
+            break
+        r = rng.random(len(rep))
+        item[rep] = samplers.in_category(cat[rep], ts[rep], r) if attempt < rounds else samplers.anywhere(ts[rep], r)
+    return item
+
+
+def _separate_leftover_repeats(ev_req: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Last resort for tiny catalogues: a repeat that survives redraws is shown k microseconds later (a new
+    request). Timestamps are whole milliseconds, so this never reorders events or crosses a day."""
+    rep = _repeats(ev_req, item)
+    if rep.any():
+        ts = ts.copy()
+        ts[rep] += 1 + (np.cumsum(rep) - 1)[rep] % 999
+    return ts
+
+
 def _impressions(world: World, day: int, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Who saw what, when, on which device; plus every click log-odds term except the intercept."""
     cfg = world.cfg
@@ -257,22 +314,11 @@ def _impressions(world: World, day: int, n: int, rng: np.random.Generator) -> di
     explore = rng.random(n) < cfg.preferences.exploration
     cat = np.where(explore, rng.integers(0, n_c, n), cat)
 
-    # item of that category published strictly before the request; fall back to any category if none yet
-    rel_ts = ts - (world.start_us - 400 * US_PER_DAY)
-    lo = world.category_start[cat]
-    hi = np.searchsorted(world.item_key, (cat.astype(np.int64) << 52) + rel_ts, side="left")
-    cumw = _item_day_cumw(world, day, world.item_order)
-    r_item = rng.random(n)
-    empty = hi <= lo
-    n_items = world.n_items
-    safe_lo = np.where(empty, 0, lo)
-    safe_hi = np.where(empty, n_items, hi)  # placeholder range for rows the fallback below replaces
-    item = world.item_order[_weighted_pick(cumw, safe_lo, safe_hi, r_item)]
-    if empty.any():
-        cumw_all = _item_day_cumw(world, day, world.items_by_creation)
-        hi_all = np.searchsorted(world.creation_sorted, ts[empty], side="left")
-        pick = _weighted_pick(cumw_all, np.zeros_like(hi_all), hi_all, r_item[empty])
-        item[empty] = world.items_by_creation[pick]
+    # item of that category published strictly before the request; a request never shows an item twice
+    samplers = _ItemSampler(world, day)
+    item = samplers.in_category(cat, ts, rng.random(n))
+    item = _redraw_repeats(samplers, ev_req, item, cat, ts, rng)
+    ts = _separate_leftover_repeats(ev_req, item, ts)
     cat = world.category[item]
 
     # click log-odds, all terms but the intercept

@@ -73,6 +73,13 @@ def test_no_defects_without_fault_injection(small_raw):
                              ["morning", "afternoon", "evening"], "night")
     assert (ev.time_of_day == expected_tod).all()
     assert ev[["user_id", "item_id"]].notna().all().all()
+    assert not ev.duplicated(["user_id", "item_id", "event_timestamp"]).any()  # no double-logged impression
+
+
+def test_tiny_catalogue_still_never_repeats_an_item_in_a_request():
+    df, _ = events_of(small_generation(items=3, users=50, interactions=3_000, request_size_mean=4.0))
+    assert not df.duplicated(["user_id", "item_id", "ts"]).any()
+    assert len(df) == 3_000
 
 
 def test_interaction_ids_are_fixed_width_and_unique():
