@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def _generation_options(fn):
 
 
 def _generation_overrides(users, items, interactions, start, end, seed) -> dict[str, Any]:
-    as_date = lambda d: d.date() if isinstance(d, datetime) else d  # noqa: E731
+    as_date = _as_date
     return {
         "generation.users": users,
         "generation.items": items,
@@ -97,15 +97,44 @@ def generate(g: Globals, users, items, interactions, start, end, seed, fault_rat
 
 
 @cli.command()
+@click.option("--start", type=_DATE, default=None, help="First date partition to validate (default: all).")
+@click.option("--end", type=_DATE, default=None, help="Last date partition to validate (default: all).")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="Events after this UTC time are 'in the future' (default: now).")
+@click.pass_obj
+def validate(g: Globals, start, end, as_of) -> None:
+    """Validate raw data with Great Expectations; quarantine bad rows; stop on failure (exit 4)."""
+    from feedstore.pipeline import validate_events
+
+    cfg = g.load()
+    _check_range(start, end)
+    validate_events(cfg, start=_as_date(start), end=_as_date(end), as_of=_as_utc(as_of))
+
+
+def _as_date(d):
+    return d.date() if isinstance(d, datetime) else d
+
+
+def _as_utc(ts):
+    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+
+
+def _check_range(start, end) -> None:
+    if start and end and end < start:
+        raise click.UsageError(f"--end ({end:%Y-%m-%d}) is before --start ({start:%Y-%m-%d})")
+
+
+@cli.command()
 @_generation_options
 @click.pass_obj
 def run(g: Globals, users, items, interactions, start, end, seed) -> None:
-    """Run every pipeline stage in order (so far: generate)."""
-    from feedstore.pipeline import generate_events
+    """Run every pipeline stage in order (so far: generate, validate)."""
+    from feedstore.pipeline import generate_events, validate_events
 
     cfg = g.load(_generation_overrides(users, items, interactions, start, end, seed))
     log.info("pipeline run: data dir %s", cfg.data_dir.resolve())
     generate_events(cfg, progress=sys.stderr.isatty())
+    validate_events(cfg)
     log.info("pipeline run complete")
 
 

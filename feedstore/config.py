@@ -252,12 +252,45 @@ class SplitConfig(_Strict):
         return self
 
 
+class ValidationConfig(_Strict):
+    """Thresholds of the validation gates (consumed by `feedstore validate` and later stages' gates)."""
+
+    max_quarantine_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="Fail the run if more than this share of a table's rows is quarantined."
+    )
+    mostly: float = Field(
+        0.99, ge=0.0, le=1.0, description="GX `mostly` of row-level expectations (their own pass/fail flag)."
+    )
+    ctr: tuple[float, float] = Field((0.05, 0.35), description="Overall CTR of validated rows (seed's bounds).")
+    like_rate: tuple[float, float] = Field((0.01, 0.15), description="Likes per impression (seed's bounds).")
+    max_duplicate_id_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="More duplicate interaction_ids than this = key collapse: stop."
+    )
+    min_rows_per_day: int = Field(1, ge=0, description="Every day of the range needs this many rows (no gaps).")
+    daily_rows_vs_median: tuple[float, float] = Field(
+        (0.2, 5.0), description="Each day's validated rows / the median day's, inclusive band (volume spikes/drops)."
+    )
+    chunk_rows: int = Field(
+        2_000_000, ge=10_000, description="Rows validated per GX batch; bounds memory at any input size."
+    )
+    example_rows: int = Field(5, ge=0, le=100, description="Offending example rows kept per expectation in reports.")
+
+    @model_validator(mode="after")
+    def _bands(self) -> ValidationConfig:
+        for name in ("ctr", "like_rate", "daily_rows_vs_median"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: low {lo} is above high {hi}")
+        return self
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline configuration."""
 
     data_dir: Path = Field(Path("data"), description="Root of every stage's inputs and outputs.")
     log_level: str = Field("INFO", description="Python logging level name.")
     generation: GenerationConfig = GenerationConfig()
+    validation: ValidationConfig = ValidationConfig()
     features: FeatureConfig = FeatureConfig()
     splits: SplitConfig = SplitConfig()
 

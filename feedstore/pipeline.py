@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import date, datetime
 
 from feedstore.config import PipelineConfig
 
@@ -19,6 +20,14 @@ def default_workers(interactions: int) -> int:
     if interactions < _PARALLEL_THRESHOLD:
         return 1
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
+                    as_of: datetime | None = None):
+    """Stage 2: the raw-data gate. Writes validated/, quarantine/ and reports; raises ValidationFailed on failure."""
+    from ingestion.validate import validate_raw
+
+    return validate_raw(cfg, start=start, end=end, as_of=as_of)
 
 
 @dataclass(frozen=True)
