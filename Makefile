@@ -33,6 +33,7 @@ test-integration: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/validate.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

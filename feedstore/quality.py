@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,10 @@ class GXRunner:
     def __init__(self, docs_dir: Path | None = None, example_rows: int = 5):
         import great_expectations as gx
 
-        for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        # GX sets INFO on some of its own loggers at import: quiet every one of them
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
             logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self.context = gx.get_context(mode="ephemeral")
         try:
             from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -209,7 +211,7 @@ class GXRunner:
                         "partial_unexpected_index_list", "partial_unexpected_counts"):
                 if r.result and key in r.result:
                     r.result.pop(key)
-        run_id = RunIdentifier(run_name=run_name or gx_suite.name, run_time=datetime.now(timezone.utc))
+        run_id = RunIdentifier(run_name=run_name or gx_suite.name, run_time=datetime.now(UTC))
         result.meta["run_id"] = run_id
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=gx_suite.name),

@@ -18,7 +18,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -365,9 +365,9 @@ def validate_raw(cfg: PipelineConfig, *, start: date | None = None, end: date | 
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
     v = cfg.validation
-    as_of = as_of or datetime.now(timezone.utc)
+    as_of = as_of or datetime.now(UTC)
     if as_of.tzinfo is None:
-        as_of = as_of.replace(tzinfo=timezone.utc)
+        as_of = as_of.replace(tzinfo=UTC)
     parts = discover_partitions(interactions_dir(data_dir), start, end)
     total_rows = sum(p.rows for p in parts)
     if total_rows == 0:
