@@ -130,7 +130,7 @@ class GXRunner:
             self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         except ImportError:  # pragma: no cover - older GX
             pass
-        self.docs_dir = docs_dir
+        self.docs_dir = docs_dir = Path(docs_dir).resolve() if docs_dir is not None else None
         if docs_dir is not None:
             self.context.add_data_docs_site(
                 site_name="local",

@@ -43,10 +43,12 @@ def test_data_dir_from_environment_and_default(tmp_path):
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "e" / "raw" / "users.parquet").exists()
     env = {k: v for k, v in os.environ.items() if k != "FEEDSTORE_DATA_DIR"}
-    res = subprocess.run([sys.executable, "-m", "feedstore.cli", "generate", *SMALL, "--no-report"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert (tmp_path / "data" / "raw" / "interactions").is_dir()  # default ./data
+    for args in (["generate", *SMALL, "--no-report"], ["validate"]):
+        res = subprocess.run([sys.executable, "-m", "feedstore.cli", *args], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    assert (tmp_path / "data" / "raw" / "interactions").is_dir()  # default ./data, relative to the caller
+    assert (tmp_path / "data" / "reports" / "data_docs" / "index.html").exists()
 
 
 @pytest.mark.parametrize(
