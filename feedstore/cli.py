@@ -124,17 +124,110 @@ def _check_range(start, end) -> None:
         raise click.UsageError(f"--end ({end:%Y-%m-%d}) is before --start ({start:%Y-%m-%d})")
 
 
+_ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
+                       help="Online store (default: serving.online_store in the config, sqlite).")
+_TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
+
+
+@cli.command()
+@click.option("--start", type=_DATE, default=None, help="First snapshot day (default: first day of data).")
+@click.option("--end", type=_DATE, default=None, help="Last snapshot day (default: last day of data).")
+@click.pass_obj
+def stats(g: Globals, start, end) -> None:
+    """Compute timestamped user / item / user x item statistics into <data-dir>/offline/."""
+    from feedstore.pipeline import compute_feature_stats
+
+    cfg = g.load()
+    _check_range(start, end)
+    compute_feature_stats(cfg, start=_as_date(start), end=_as_date(end))
+
+
+@cli.command()
+@_ONLINE
+@click.pass_obj
+def apply(g: Globals, online_store) -> None:
+    """Register the Feast definitions in feature_repo/ (runs `feast apply`)."""
+    from feedstore.pipeline import apply_feature_definitions
+
+    apply_feature_definitions(g.load(), online_store)
+
+
+@cli.command()
+@_ONLINE
+@click.option("--end", "end", type=_TS, default=None,
+              help="Materialize up to this UTC time (default: the newest offline snapshot).")
+@click.pass_obj
+def materialize(g: Globals, online_store, end) -> None:
+    """Load the latest features of every entity into the online store."""
+    from feedstore.pipeline import materialize_online
+
+    materialize_online(g.load(), online_store, _as_utc(end))
+
+
+@cli.command()
+@click.option("--user", "user_id", type=int, required=True, help="User to rank for.")
+@click.option("--items", "items", required=True, help="Comma-separated candidate item ids.")
+@click.option("--device", type=click.Choice(["mobile", "desktop", "tablet"]), default="mobile", show_default=True)
+@click.option("--at", "at", type=_TS, default=None, help="Request time, UTC (default: now).")
+@_ONLINE
+@click.pass_obj
+def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
+    """Online features of feed_ranking_v1 for a user and candidate items, as JSON on stdout."""
+    import json
+
+    from feedstore.serving import lookup as do_lookup
+
+    try:
+        item_ids = [int(x) for x in items.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {items!r}", param_hint="--items") from None
+    cfg = g.load()
+    result = do_lookup(cfg, online_store or cfg.serving.online_store, user_id, item_ids, device, _as_utc(at))
+    click.echo(json.dumps(result, indent=2))
+
+
+@cli.command("check-skew")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="Entity rows to compare.")
+@_ONLINE
+@click.pass_obj
+def check_skew(g: Globals, sample, online_store) -> None:
+    """Compare online values with get_historical_features at the materialization time (exit 6 on mismatch)."""
+    from feedstore.errors import FeedstoreError
+    from feedstore.serving import check_skew as run_check
+
+    cfg = g.load()
+    report = run_check(cfg, online_store or cfg.serving.online_store, sample or cfg.serving.skew_sample)
+    if report.mismatches:
+        first = report.mismatches[0]
+        err = FeedstoreError(f"training/serving skew: {len(report.mismatches)} mismatching values, e.g. "
+                             f"{first['feature']} for user {first['user_id']} item {first['item_id']}: online "
+                             f"{first['online']!r} vs offline {first['offline']!r}")
+        err.exit_code = 6
+        raise err
+
+
 @cli.command()
 @_generation_options
 @click.pass_obj
 def run(g: Globals, users, items, interactions, start, end, seed) -> None:
-    """Run every pipeline stage in order (so far: generate, validate)."""
-    from feedstore.pipeline import generate_events, validate_events
+    """Run every pipeline stage in order: generate, validate, stats, apply, materialize, one sample lookup."""
+    import json
+
+    from feedstore import pipeline as p
+    from feedstore.serving import lookup as do_lookup
 
     cfg = g.load(_generation_overrides(users, items, interactions, start, end, seed))
-    log.info("pipeline run: data dir %s", cfg.data_dir.resolve())
-    generate_events(cfg, progress=sys.stderr.isatty())
-    validate_events(cfg)
+    log.info("pipeline run: data dir %s, online store %s", cfg.data_dir.resolve(), cfg.serving.online_store)
+    p.generate_events(cfg, progress=sys.stderr.isatty())
+    p.validate_events(cfg)
+    p.compute_feature_stats(cfg)
+    p.apply_feature_definitions(cfg)
+    result = p.materialize_online(cfg)
+    sample = p.sample_request(cfg)
+    answer = do_lookup(cfg, cfg.serving.online_store, sample["user_id"], sample["item_ids"], sample["device"],
+                       result.end)
+    log.info("sample lookup (user %s, %d candidates, at %s), first candidate:\n%s", sample["user_id"],
+             len(sample["item_ids"]), result.end.isoformat(), json.dumps(answer["candidates"][0], indent=2))
     log.info("pipeline run complete")
 
 

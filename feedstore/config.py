@@ -224,9 +224,21 @@ class GenerationConfig(_Strict):
 
 
 class FeatureConfig(_Strict):
-    """Windows of the timestamped statistics (consumed by `feedstore stats`)."""
+    """Timestamped statistics (consumed by `feedstore stats`); must match the views in feature_repo/."""
 
     windows_days: list[int] = Field(default=[1, 7, 30], min_length=1, description="Aggregation windows in days.")
+    heartbeat_days: int = Field(
+        28, ge=1, le=90, description="Every existing user and item gets a snapshot row at least this often "
+        "(rows are also written whenever a value changes); feature-view ttl = heartbeat + 1 day."
+    )
+    ctr_prior_mean: float = Field(0.1, gt=0.0, lt=1.0, description="Beta prior mean of the smoothed CTRs.")
+    ctr_prior_strength: float = Field(
+        20.0, gt=0.0, description="Beta prior strength (alpha + beta) in pseudo-impressions."
+    )
+    affinity_pseudo_clicks: float = Field(
+        1.0, gt=0.0, description="Pseudo-clicks per category smoothing the user's 30-day category affinity."
+    )
+    affinity_window_days: int = Field(30, ge=1, description="Window of the user's category affinity vector.")
 
     @field_validator("windows_days")
     @classmethod
@@ -284,6 +296,21 @@ class ValidationConfig(_Strict):
         return self
 
 
+class ServingConfig(_Strict):
+    """Feast online store choice and serving checks (Feast's own settings live in feature_repo/*.yaml)."""
+
+    online_store: str = Field("sqlite", description="sqlite (embedded, feature_store.sqlite.yaml) or redis "
+                              "(feature_store.yaml, REDIS_CONNECTION_STRING).")
+    skew_sample: int = Field(200, ge=1, description="Entity rows compared online vs offline by check-skew.")
+
+    @field_validator("online_store")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ("sqlite", "redis"):
+            raise ValueError(f"online_store must be 'sqlite' or 'redis', got {v!r}")
+        return v
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline configuration."""
 
@@ -293,6 +320,7 @@ class PipelineConfig(_Strict):
     validation: ValidationConfig = ValidationConfig()
     features: FeatureConfig = FeatureConfig()
     splits: SplitConfig = SplitConfig()
+    serving: ServingConfig = ServingConfig()
 
     @field_validator("log_level")
     @classmethod

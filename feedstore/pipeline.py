@@ -30,6 +30,27 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
     return validate_raw(cfg, start=start, end=end, as_of=as_of)
 
 
+def compute_feature_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None):
+    """Stage 3: timestamped user / item / user x item statistics into offline Parquet (validated by GX)."""
+    from ingestion.stats import compute_stats
+
+    return compute_stats(cfg, start=start, end=end)
+
+
+def apply_feature_definitions(cfg: PipelineConfig, online_store: str | None = None) -> None:
+    """Stage 4: `feast apply` on feature_repo/."""
+    from feedstore.serving import apply_definitions
+
+    apply_definitions(cfg, online_store or cfg.serving.online_store)
+
+
+def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end: datetime | None = None):
+    """Stage 5: latest features into the online store (each view over [end - ttl, end])."""
+    from feedstore.serving import materialize_online as materialize
+
+    return materialize(cfg, online_store or cfg.serving.online_store, end)
+
+
 @dataclass(frozen=True)
 class GenerateResult:
     interactions: int
@@ -65,3 +86,20 @@ def generate_events(
         if failed:
             log.warning("%d realism check(s) missed their target (see the table above)", failed)
     return GenerateResult(summary.interactions, summary.faults, passed, failed)
+
+
+def sample_request(cfg: PipelineConfig, candidates: int = 5) -> dict:
+    """A realistic request for the demo lookup: the most active user of the last day and its items."""
+    import duckdb
+
+    glob = f"{cfg.data_dir.resolve()}/validated/interactions/**/*.parquet"
+    con = duckdb.connect()
+    user, device = con.execute(f"""
+        SELECT user_id, mode(device) FROM read_parquet('{glob}', hive_partitioning = false)
+        WHERE event_timestamp >= (SELECT max(event_timestamp) - INTERVAL 1 DAY
+                                  FROM read_parquet('{glob}', hive_partitioning = false))
+        GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1""").fetchone()
+    items = [r[0] for r in con.execute(f"""
+        SELECT item_id FROM read_parquet('{glob}', hive_partitioning = false)
+        GROUP BY item_id ORDER BY max(event_timestamp) DESC, item_id LIMIT {candidates}""").fetchall()]
+    return {"user_id": int(user), "item_ids": [int(i) for i in items] + [10**9], "device": device}

@@ -1,0 +1,325 @@
+"""Feast from the pipeline: apply, materialize, online lookups for ranking, and the training/serving skew check.
+
+Reads `feature_repo/` (definitions and feature_store*.yaml), never `ingestion/`. Feast settings come only from
+the yaml files; this module sets the two environment variables they expand (FEEDSTORE_DATA_DIR and, for Redis,
+REDIS_CONNECTION_STRING) and picks which file to use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feedstore.config import DEVICES, PipelineConfig
+from feedstore.errors import FeedstoreError
+
+log = logging.getLogger(__name__)
+
+REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
+YAML_FILES = {"redis": REPO_DIR / "feature_store.yaml", "sqlite": REPO_DIR / "feature_store.sqlite.yaml"}
+FEATURE_SERVICE = "feed_ranking_v1"
+DEFAULT_REDIS = "localhost:6379"
+TS_SUFFIX = "__ts"
+
+#: Columns that tell whether an entity exists online (never null for a materialized entity).
+USER_SENTINEL, ITEM_SENTINEL, PAIR_SENTINEL = "user_signup_timestamp", "item_creation_timestamp", "user_item_impressions"
+
+
+class ServingError(FeedstoreError):
+    """The online store or the feature repository cannot serve (unreachable, not applied, not materialized)."""
+
+    exit_code = 5
+
+
+def feast_environment(cfg: PipelineConfig, online_store: str) -> dict[str, str]:
+    """Set (and return) the variables feature_store*.yaml expand; Redis defaults to localhost:6379."""
+    if online_store not in YAML_FILES:
+        raise FeedstoreError(f"unknown online store {online_store!r}; expected one of {sorted(YAML_FILES)}")
+    os.environ["FEEDSTORE_DATA_DIR"] = str(Path(cfg.data_dir).resolve())
+    if online_store == "redis":
+        os.environ.setdefault("REDIS_CONNECTION_STRING", DEFAULT_REDIS)
+        check_redis(os.environ["REDIS_CONNECTION_STRING"])
+    return {k: os.environ[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING") if k in os.environ}
+
+
+def check_redis(connection_string: str, timeout: float = 2.0) -> None:
+    """Fail fast with one line if Redis is unreachable (instead of hanging inside Feast)."""
+    import redis
+
+    parts = connection_string.split(",")
+    host, _, port = parts[0].rpartition(":")
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    try:
+        client = redis.Redis(host=host or "localhost", port=int(port or 6379), password=options.get("password"),
+                             ssl=options.get("ssl", "false").lower() == "true", socket_connect_timeout=timeout,
+                             socket_timeout=timeout)
+        client.ping()
+    except (redis.exceptions.RedisError, OSError, ValueError) as e:
+        raise ServingError(f"cannot reach Redis at {connection_string} ({e}); start one "
+                           "(`docker compose up -d redis` or `redis-server`) or set REDIS_CONNECTION_STRING") from None
+
+
+def feature_store(cfg: PipelineConfig, online_store: str):
+    """A FeatureStore on feature_repo/ with the chosen feature_store*.yaml."""
+    feast_environment(cfg, online_store)
+    from feast import FeatureStore
+
+    registry = Path(cfg.data_dir).resolve() / "feast" / f"registry.{online_store}.db"
+    if not registry.exists():
+        raise ServingError(f"{registry}: no Feast registry; run `feedstore apply --online-store {online_store}` first")
+    return FeatureStore(repo_path=str(REPO_DIR), fs_yaml_file=YAML_FILES[online_store])
+
+
+def apply_definitions(cfg: PipelineConfig, online_store: str) -> None:
+    """`feast apply` on feature_repo/ with the chosen yaml (run as Feast's own CLI, exactly as the README shows)."""
+    env = {**os.environ, **feast_environment(cfg, online_store)}
+    (Path(cfg.data_dir).resolve() / "feast").mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).with_name("feast")), "-c", str(REPO_DIR), "-f", str(YAML_FILES[online_store]),
+           "apply"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        last = [line for line in (res.stderr or res.stdout).strip().splitlines() if line.strip()][-1:]
+        raise FeedstoreError(f"feast apply failed: {last[0] if last else 'exit code ' + str(res.returncode)}")
+    changes = [line for line in res.stdout.splitlines() if line.startswith(("Created", "Updated", "Deleted"))]
+    log.info("feast apply (%s) in %.1f s: %s", online_store, time.perf_counter() - t0,
+             "; ".join(changes) if changes else "no changes")
+
+
+def latest_snapshot(cfg: PipelineConfig) -> datetime:
+    """The newest snapshot stamp in the offline user statistics (the default materialization end)."""
+    import duckdb
+
+    glob = Path(cfg.data_dir).resolve() / "offline" / "user_daily_stats" / "**" / "*.parquet"
+    try:
+        ts = duckdb.execute(f"SELECT max(event_timestamp) FROM read_parquet('{glob}', hive_partitioning = false)"
+                        ).fetchone()[0]
+    except duckdb.Error:
+        ts = None
+    if ts is None:
+        raise ServingError(f"{glob.parent.parent}: no offline statistics; run `feedstore stats` first")
+    return ts.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    end: datetime
+    entities: dict[str, int]
+    seconds: dict[str, float]
+
+
+def materialize_online(cfg: PipelineConfig, online_store: str, end: datetime | None = None) -> MaterializeResult:
+    """Load the latest row of every entity into the online store: each view over [end - its ttl, end]."""
+    store = feature_store(cfg, online_store)
+    end = end or latest_snapshot(cfg)
+    entities, seconds = {}, {}
+    for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
+        t0 = time.perf_counter()
+        store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
+        seconds[fv.name] = time.perf_counter() - t0
+        entities[fv.name] = _count_latest(cfg, fv.name, end - fv.ttl, end)
+        log.info("materialized %s: %s entities in %.1f s (%s/s) into %s", fv.name, f"{entities[fv.name]:,}",
+                 seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+    return MaterializeResult(end, entities, seconds)
+
+
+def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime) -> int:
+    import duckdb
+
+    keys = "user_id, item_id" if view == "user_item_daily_stats" else ("user_id" if view.startswith("user") else
+                                                                         "item_id")
+    glob = Path(cfg.data_dir).resolve() / "offline" / view / "**" / "*.parquet"
+    return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet('{glob}', hive_partitioning = false) "
+                          "WHERE event_timestamp BETWEEN $s AND $e", {"s": start, "e": end}).fetchone()[0]
+
+
+# ------------------------------------------------------------------------------------------ online lookup
+
+
+@dataclass(frozen=True)
+class RankingContext:
+    """What a ranker knows about the request."""
+
+    request_ts: datetime
+    device: str = "mobile"
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise FeedstoreError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+        if self.request_ts.tzinfo is None:
+            object.__setattr__(self, "request_ts", self.request_ts.replace(tzinfo=timezone.utc))
+
+
+def defaults(cfg: PipelineConfig) -> dict[str, Any]:
+    """Values a missing entity gets in `get_ranking_features` (documented in the README):
+    counts 0, smoothed CTRs the prior mean, dwell and log-popularity 0, affinity uniform; ages stay NaN."""
+    f = cfg.features
+    out: dict[str, Any] = {}
+    for prefix in ("user", "item"):
+        for w in [*(f"{d}d" for d in f.windows_days), "lifetime"]:
+            for m in ("impressions", "clicks", "likes", "shares"):
+                out[f"{prefix}_{m}_{w}"] = 0
+            out[f"{prefix}_dwell_mean_{w}"] = 0.0
+            out[f"{prefix}_ctr_smoothed_{w}"] = f.ctr_prior_mean
+            if prefix == "item":
+                out[f"item_log_popularity_{w}"] = 0.0
+    out.update(user_item_impressions=0, user_item_clicks=0, item_category=-1,
+               user_category_affinity_for_item=1.0 / cfg.generation.preferences.categories)
+    return out
+
+
+def get_ranking_features(store, user_id: int, item_ids: list[int], context: RankingContext,
+                         fill: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Every feature of feed_ranking_v1 for one user and N candidates, one row per candidate in the given order.
+
+    Adds `user_missing` / `item_missing` (cold start: Feast's Redis store reports absent keys as present with
+    nulls, so absence is detected from sentinel columns that are never null for a materialized entity) and
+    `<view>_age_seconds` (how old each feature row is). With `fill`, missing values take those defaults.
+    """
+    rows = [{"user_id": int(user_id), "item_id": int(i), "request_ts": context.request_ts, "device": context.device}
+            for i in item_ids]
+    service = store.get_feature_service(FEATURE_SERVICE)
+    resp = store.get_online_features(features=service, entity_rows=rows).to_dict(include_event_timestamps=True)
+    now = context.request_ts.timestamp()
+    out = pd.DataFrame({k: v for k, v in resp.items() if not k.endswith(TS_SUFFIX)})
+    out["user_missing"] = out[USER_SENTINEL].isna()
+    out["item_missing"] = out[ITEM_SENTINEL].isna()
+    out["user_item_missing"] = out[PAIR_SENTINEL].isna()
+    for view, sentinel in (("user_daily_stats", USER_SENTINEL), ("item_daily_stats", ITEM_SENTINEL),
+                           ("user_item_daily_stats", PAIR_SENTINEL)):
+        ts = np.asarray(resp.get(sentinel + TS_SUFFIX, [0] * len(rows)), dtype=np.float64)
+        out[f"{view}_age_seconds"] = np.where(out[sentinel].isna() | (ts <= 0), np.nan, now - ts)
+    if fill:
+        out = out.fillna({k: v for k, v in fill.items() if k in out.columns})
+    return out
+
+
+def lookup(cfg: PipelineConfig, online_store: str, user_id: int, item_ids: list[int], device: str,
+           at: datetime | None) -> dict[str, Any]:
+    """JSON-ready lookup result for the CLI."""
+    store = feature_store(cfg, online_store)
+    ctx = RankingContext(request_ts=at or datetime.now(timezone.utc), device=device)
+    df = get_ranking_features(store, user_id, item_ids, ctx)
+    features = [c for c in df.columns if c not in {"user_id", "item_id", "user_missing", "item_missing",
+                                                   "user_item_missing"} and not c.endswith("_age_seconds")]
+    candidates = []
+    for rec in df.to_dict(orient="records"):
+        candidates.append({
+            "item_id": rec["item_id"],
+            "features": {k: _plain(rec[k]) for k in features},
+            "missing": {"user": bool(rec["user_missing"]), "item": bool(rec["item_missing"]),
+                        "user_item": bool(rec["user_item_missing"])},
+            "feature_age_seconds": {v: _plain(rec[f"{v}_age_seconds"]) for v in
+                                    ("user_daily_stats", "item_daily_stats", "user_item_daily_stats")},
+        })
+    return {"user_id": user_id, "request_ts": ctx.request_ts.isoformat(), "device": device,
+            "feature_service": FEATURE_SERVICE, "online_store": online_store,
+            "missing_user": bool(df["user_missing"].all()) if len(df) else None,
+            "missing_items": [int(i) for i, m in zip(df["item_id"], df["item_missing"], strict=True) if m],
+            "candidates": candidates}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (datetime, pd.Timestamp)):
+        return v.isoformat()
+    if isinstance(v, (list, np.ndarray)):
+        return [_plain(x) for x in v]
+    if v is pd.NaT or v is None:
+        return None
+    return v
+
+
+# ------------------------------------------------------------------------------------------ skew check
+
+
+@dataclass(frozen=True)
+class SkewReport:
+    end: datetime
+    rows: int
+    features: int
+    mismatches: list[dict[str, Any]]
+
+
+def check_skew(cfg: PipelineConfig, online_store: str, sample: int = 200, end: datetime | None = None,
+               seed: int = 0) -> SkewReport:
+    """Online values must equal get_historical_features at the materialization end, for sampled entities."""
+    import duckdb
+
+    store = feature_store(cfg, online_store)
+    end = end or latest_snapshot(cfg)
+    base = Path(cfg.data_dir).resolve() / "offline"
+    pairs = duckdb.execute(f"""
+        SELECT user_id, item_id FROM read_parquet('{base}/user_item_daily_stats/**/*.parquet',
+                                                  hive_partitioning = false)
+        WHERE event_timestamp BETWEEN $s AND $e ORDER BY hash(user_id, item_id, {seed}) LIMIT {sample // 2}""",
+                           {"s": end - timedelta(days=30), "e": end}).fetchall()
+    users = [r[0] for r in duckdb.execute(f"SELECT DISTINCT user_id FROM read_parquet('{base}/user_daily_stats/**/"
+                                      f"*.parquet', hive_partitioning = false) ORDER BY hash(user_id, {seed}) "
+                                      f"LIMIT {sample}").fetchall()]
+    items = [r[0] for r in duckdb.execute(f"SELECT DISTINCT item_id FROM read_parquet('{base}/item_daily_stats/**/"
+                                      f"*.parquet', hive_partitioning = false) ORDER BY hash(item_id, {seed}) "
+                                      f"LIMIT {sample}").fetchall()]
+    rng = np.random.default_rng(seed)
+    mixed = list(zip(rng.choice(users, sample - len(pairs)), rng.choice(items, sample - len(pairs)), strict=True))
+    entity_pairs = [(int(u), int(i)) for u, i in [*pairs, *mixed]]
+    devices = [DEVICES[k % len(DEVICES)] for k in range(len(entity_pairs))]
+    entity_df = pd.DataFrame({"user_id": [u for u, _ in entity_pairs], "item_id": [i for _, i in entity_pairs],
+                              "event_timestamp": end, "request_ts": end, "device": devices,
+                              "row": np.arange(len(entity_pairs))})
+    service = store.get_feature_service(FEATURE_SERVICE)
+    offline = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+    offline = offline.sort_values("row").reset_index(drop=True)  # the offline store may reorder rows
+    online = store.get_online_features(
+        features=service,
+        entity_rows=[{"user_id": u, "item_id": i, "request_ts": end, "device": d}
+                     for (u, i), d in zip(entity_pairs, devices, strict=True)]).to_df()  # input order
+    if len(offline) != len(online):
+        raise ServingError(f"skew check: {len(online)} online rows but {len(offline)} offline rows")
+    names = [c for c in online.columns if c in offline.columns and c not in ("request_ts", "event_timestamp")]
+    mismatches = []
+    for name in names:
+        for pos in range(len(online)):
+            a, b = online.at[pos, name], offline.at[pos, name]
+            if not _same(a, b):
+                mismatches.append({"user_id": int(online.at[pos, "user_id"]), "item_id": int(online.at[pos, "item_id"]),
+                                   "feature": name, "online": _plain(a), "offline": _plain(b)})
+    log.info("skew check at %s: %d entity rows x %d features, %d mismatches", end.isoformat(), len(online),
+             len(names), len(mismatches))
+    return SkewReport(end, len(online), len(names), mismatches)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, np.ndarray)) or isinstance(b, (list, np.ndarray)):
+        if a is None or b is None or (not isinstance(a, (list, np.ndarray))) or (not isinstance(b, (list, np.ndarray))):
+            return _is_null(a) and _is_null(b)
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if _is_null(a) or _is_null(b):
+        return _is_null(a) and _is_null(b)
+    if isinstance(a, (datetime, pd.Timestamp)) or isinstance(b, (datetime, pd.Timestamp)):
+        return pd.Timestamp(a) == pd.Timestamp(b)
+    if isinstance(a, (float, np.floating)) or isinstance(b, (float, np.floating)):
+        return bool(np.isclose(float(a), float(b), rtol=1e-6, atol=1e-9))
+    return a == b
+
+
+def _is_null(v: Any) -> bool:
+    if v is None or v is pd.NaT:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
