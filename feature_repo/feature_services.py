@@ -1,7 +1,6 @@
 """Consumer-facing, versioned bundles: the ranker and the training-set builder use the same service."""
 
 from feast import FeatureService
-
 from feature_views import item_daily_stats, user_daily_stats, user_item_daily_stats
 from on_demand_features import request_context, user_item_context
 

@@ -9,11 +9,10 @@
 
 from datetime import timedelta
 
-from feast import FeatureView, Field
-from feast.types import Array, Float32, Float64, Int32, Int64, UnixTimestamp
-
 from data_sources import item_daily_stats_source, user_daily_stats_source, user_item_daily_stats_source
 from entities import item, user
+from feast import FeatureView, Field
+from feast.types import Array, Float32, Float64, Int32, Int64, UnixTimestamp
 
 WINDOWS = ("1d", "7d", "30d", "lifetime")  # features.windows_days [1, 7, 30] + lifetime
 HEARTBEAT_TTL = timedelta(days=29)

@@ -6,11 +6,10 @@ Feast also compares ODFV schema Fields whole, so the fields carry no description
 what each output means.
 """
 
+from data_sources import ranking_request
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
-
-from data_sources import ranking_request
 from feature_views import item_daily_stats, user_daily_stats
 
 DEVICES = ("mobile", "desktop", "tablet")

@@ -32,7 +32,9 @@ DEFAULT_REDIS = "localhost:6379"
 TS_SUFFIX = "__ts"
 
 #: Columns that tell whether an entity exists online (never null for a materialized entity).
-USER_SENTINEL, ITEM_SENTINEL, PAIR_SENTINEL = "user_signup_timestamp", "item_creation_timestamp", "user_item_impressions"
+USER_SENTINEL = "user_signup_timestamp"
+ITEM_SENTINEL = "item_creation_timestamp"
+PAIR_SENTINEL = "user_item_impressions"
 
 
 class ServingError(FeedstoreError):
@@ -200,7 +202,8 @@ def get_ranking_features(store, user_id: int, item_ids: list[int], context: Rank
         ts = np.asarray(resp.get(sentinel + TS_SUFFIX, [0] * len(rows)), dtype=np.float64)
         out[f"{view}_age_seconds"] = np.where(out[sentinel].isna() | (ts <= 0), np.nan, now - ts)
     if fill:
-        out = out.fillna({k: v for k, v in fill.items() if k in out.columns})
+        with pd.option_context("future.no_silent_downcasting", True):
+            out = out.fillna({k: v for k, v in fill.items() if k in out.columns}).infer_objects()
     return out
 
 

