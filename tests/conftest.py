@@ -38,11 +38,6 @@ def small_raw(tmp_path_factory) -> tuple[Path, GenerationConfig]:
     return data_dir, cfg
 
 
-@pytest.fixture
-def pipeline_config(tmp_path) -> PipelineConfig:
-    return PipelineConfig(data_dir=tmp_path, generation=small_generation())
-
-
 # ------------------------------------------------------------------------------------------ real services
 
 

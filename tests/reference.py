@@ -47,7 +47,8 @@ def user_affinity(events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, c
     """Per user: (clicks in category k over the affinity window + a) / (clicks + a * C), for k = 0..C-1."""
     f, n_cat = cfg.features, cfg.generation.preferences.categories
     a = f.affinity_pseudo_clicks
-    past = events[(events.event_timestamp < at) & (events.event_timestamp >= at - timedelta(days=f.affinity_window_days))]
+    start = at - timedelta(days=f.affinity_window_days)
+    past = events[(events.event_timestamp < at) & (events.event_timestamp >= start)]
     past = past[past.click == 1].merge(items[["item_id", "category"]], on="item_id")
     table = past.pivot_table(index="user_id", columns="category", values="click", aggfunc="sum", fill_value=0)
     table = table.reindex(columns=range(n_cat), fill_value=0)

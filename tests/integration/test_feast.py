@@ -77,16 +77,19 @@ def test_materialize_then_lookup_round_trip(served, store_name):
     items = offline_rows(d, "item_daily_stats")
     pairs = offline_rows(d, "user_item_daily_stats")
     store = feature_store(cfg, store_name)
-    u_latest = latest_row(users, ["user_id"], end, timedelta(days=29))
-    i_latest = latest_row(items, ["item_id"], end, timedelta(days=29))
-    p_latest = latest_row(pairs, ["user_id", "item_id"], end, timedelta(days=30))
-    assert results[store_name].entities == {"user_daily_stats": len(u_latest), "item_daily_stats": len(i_latest),
-                                            "user_item_daily_stats": len(p_latest)}
+    materialized = {"user_daily_stats": len(latest_row(users, ["user_id"], end, timedelta(days=29))),
+                    "item_daily_stats": len(latest_row(items, ["item_id"], end, timedelta(days=29))),
+                    "user_item_daily_stats": len(latest_row(pairs, ["user_id", "item_id"], end, timedelta(days=30)))}
+    assert results[store_name].entities == materialized
+    at = end + timedelta(hours=7)  # what a point-in-time join at the request time returns
+    u_latest = latest_row(users, ["user_id"], at, timedelta(days=29))
+    i_latest = latest_row(items, ["item_id"], at, timedelta(days=29))
+    p_latest = latest_row(pairs, ["user_id", "item_id"], at, timedelta(days=30))
     rng = np.random.default_rng(0)
     for uid in rng.choice(u_latest.index, 5, replace=False):
         cand = [int(i) for i in rng.choice(i_latest.index, 20, replace=False)]
         own = [int(i) for u, i in p_latest.index if u == uid][:5]
-        ctx = RankingContext(request_ts=end + timedelta(hours=7), device="tablet")
+        ctx = RankingContext(request_ts=at, device="tablet")
         got = get_ranking_features(store, int(uid), cand + own, ctx)
         assert got.item_id.tolist() == cand + own  # one row per candidate, in the order given
         assert not got.user_missing.any() and not got.item_missing.any()
@@ -163,7 +166,8 @@ def test_feast_serve_http_get_online_features(served, redis_url):
                 break
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError("feast serve did not start: " + (proc.stderr.read() if proc.poll() else ""))
+                    raise AssertionError("feast serve did not start: " + (proc.stderr.read() if proc.poll() else "")
+                                         ) from None
                 time.sleep(0.3)
         end = results["redis"].end
         body = {"feature_service": "feed_ranking_v1",
@@ -201,3 +205,29 @@ def test_redis_down_is_a_clear_error_not_a_hang(served, monkeypatch):
 def test_lookup_before_apply_is_a_clear_error(tmp_path):
     with pytest.raises(ServingError, match="no Feast registry"):
         feature_store(pipeline_config(tmp_path), "sqlite")
+
+
+@pytest.mark.parametrize("hours_after", [0, 9, 24 * 40])
+def test_fast_redis_path_equals_feast_get_online_features(served, hours_after):
+    """OnlineRanker (direct Redis reads) returns exactly Feast's answer, including cold start and expired rows."""
+    _, cfg, results = served
+    store = feature_store(cfg, "redis")
+    rng = np.random.default_rng(hours_after)
+    ctx = RankingContext(results["redis"].end + timedelta(hours=hours_after), device="desktop")
+    for user in [int(u) for u in rng.integers(0, 400, 6)] + [10**9]:
+        items = [int(i) for i in rng.choice(1500, 40, replace=False)] + [10**9, 3, 3]
+        fast = get_ranking_features(store, user, items, ctx)
+        slow = get_ranking_features(store, user, items, ctx, fast=False)
+        assert list(fast.columns) == list(slow.columns) or set(fast.columns) == set(slow.columns)
+        for col in slow.columns:
+            a, b = fast[col].tolist(), slow[col].tolist()
+            for x, y in zip(a, b, strict=True):
+                if isinstance(x, (list, np.ndarray)) or isinstance(y, (list, np.ndarray)):
+                    assert x is not None and y is not None, col
+                    np.testing.assert_allclose(x, y, rtol=1e-7, err_msg=col)
+                elif pd.isna(x) or pd.isna(y):
+                    assert pd.isna(x) and pd.isna(y), (col, x, y)
+                else:
+                    assert x == pytest.approx(y, rel=1e-12, abs=1e-9) if isinstance(x, float) else x == y, (col, x, y)
+    if hours_after > 24 * 30:  # past every ttl: everything is missing on both paths
+        assert fast.user_missing.all() and fast.item_missing.all()
