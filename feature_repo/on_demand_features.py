@@ -33,8 +33,8 @@ def request_context(inputs: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    ts = pd.DatetimeIndex(pd.to_datetime(pd.Series(list(inputs["request_ts"]), dtype=object), utc=True))
-    device = np.asarray(list(inputs["device"]), dtype=object)
+    ts = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True))
+    device = np.asarray(inputs["device"], dtype=object)
     out = {
         "hour_of_day": ts.hour.to_numpy(dtype=np.int64).tolist(),
         "day_of_week": ts.dayofweek.to_numpy(dtype=np.int64).tolist(),
@@ -63,29 +63,26 @@ def user_item_context(inputs: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    now = pd.DatetimeIndex(pd.to_datetime(pd.Series(list(inputs["request_ts"]), dtype=object), utc=True))
+    now = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True))
 
     def days_since(key: str) -> list:
-        then = pd.DatetimeIndex(pd.to_datetime(pd.Series(list(inputs[key]), dtype=object), utc=True, errors="coerce"))
+        then = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs[key]), utc=True, errors="coerce"))
         return ((now - then).total_seconds() / 86400.0).to_numpy(dtype=np.float64).tolist()
 
-    affinity = list(inputs["user_category_affinity"])
-    category = pd.to_numeric(pd.Series(list(inputs["item_category"]), dtype=object), errors="coerce").to_numpy(
-        dtype=np.float64)
-    lengths = np.array([len(a) if a is not None else 0 for a in affinity], dtype=np.int64)
-    ok = ~np.isnan(category) & (category >= 0) & (category < lengths)
-    picked = np.full(len(lengths), np.nan)
-    if ok.any():
-        rows = np.flatnonzero(ok)
-        width = int(lengths[rows].max())
-        matrix = np.full((len(rows), width), np.nan)
-        same = lengths[rows] == width
-        if same.all():  # every vector has one length (the number of categories): one C-level conversion
-            matrix = np.array([affinity[r] for r in rows], dtype=np.float64)
-        else:
-            for i, r in enumerate(rows):
-                matrix[i, : lengths[r]] = affinity[r]
-        picked[rows] = matrix[np.arange(len(rows)), category[rows].astype(np.int64)]
+    affinity = inputs["user_category_affinity"]
+    category = pd.to_numeric(pd.Series(inputs["item_category"]), errors="coerce").to_numpy(dtype=np.float64)
+    if isinstance(affinity, np.ndarray) and affinity.ndim == 2:  # offline: one row per entity row, NaN = missing
+        matrix = affinity
+    else:  # online: a list of lists (None for a missing user)
+        width = max((len(a) for a in affinity if a is not None), default=0)
+        matrix = np.full((len(category), width), np.nan)
+        for i, a in enumerate(affinity):  # N = the request's candidates
+            if a is not None:
+                matrix[i, : len(a)] = a
+    ok = ~np.isnan(category) & (category >= 0) & (category < matrix.shape[1])
+    picked = np.full(len(category), np.nan)
+    rows = np.flatnonzero(ok)
+    picked[rows] = matrix[rows, category[rows].astype(np.int64)]
     return {
         "user_days_since_signup": days_since("user_signup_timestamp"),
         "item_age_days": days_since("item_creation_timestamp"),

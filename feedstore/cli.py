@@ -192,25 +192,44 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
 @click.pass_obj
 def check_skew(g: Globals, sample, online_store) -> None:
     """Compare online values with get_historical_features at the materialization time (exit 6 on mismatch)."""
-    from feedstore.errors import FeedstoreError
-    from feedstore.serving import check_skew as run_check
+    from feedstore.pipeline import check_training_serving_skew
 
     cfg = g.load()
-    report = run_check(cfg, online_store or cfg.serving.online_store, sample or cfg.serving.skew_sample)
-    if report.mismatches:
-        first = report.mismatches[0]
-        err = FeedstoreError(f"training/serving skew: {len(report.mismatches)} mismatching values, e.g. "
-                             f"{first['feature']} for user {first['user_id']} item {first['item_id']}: online "
-                             f"{first['online']!r} vs offline {first['offline']!r}")
-        err.exit_code = 6
-        raise err
+    if sample:
+        cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"skew_sample": sample})})
+    check_training_serving_skew(cfg, online_store=online_store)
+
+
+@cli.command("training-set")
+@click.option("--version", default=None, help="Output folder name under training/ (default: input fingerprint).")
+@click.option("--start", type=_DATE, default=None, help="First event day to include.")
+@click.option("--end", type=_DATE, default=None, help="Last event day to include.")
+@_ONLINE
+@click.pass_obj
+def training_set(g: Globals, version, start, end, online_store) -> None:
+    """Build train / val / test through get_historical_features(feed_ranking_v1), with manifest and report."""
+    from feedstore.pipeline import build_training_set
+
+    _check_range(start, end)
+    build_training_set(g.load(), version=version, start=_as_date(start), end=_as_date(end),
+                       online_store=online_store)
+
+
+@cli.command()
+@click.option("--version", default=None, help="Training set under training/ (default: the newest).")
+@click.pass_obj
+def evaluate(g: Globals, version) -> None:
+    """Baseline classifier: AUC and log loss on val and test, written to the manifest (a leakage alarm)."""
+    from feedstore.pipeline import evaluate_baseline
+
+    evaluate_baseline(g.load(), version)
 
 
 @cli.command()
 @_generation_options
 @click.pass_obj
 def run(g: Globals, users, items, interactions, start, end, seed) -> None:
-    """Run every pipeline stage in order: generate, validate, stats, apply, materialize, one sample lookup."""
+    """Run every stage: generate, validate, stats, apply, materialize, a sample lookup, training set, evaluate."""
     import json
 
     from feedstore import pipeline as p
@@ -228,7 +247,10 @@ def run(g: Globals, users, items, interactions, start, end, seed) -> None:
                        result.end)
     log.info("sample lookup (user %s, %d candidates, at %s), first candidate:\n%s", sample["user_id"],
              len(sample["item_ids"]), result.end.isoformat(), json.dumps(answer["candidates"][0], indent=2))
-    log.info("pipeline run complete")
+    built = p.build_training_set(cfg)
+    metrics = p.evaluate_baseline(cfg, built.version)
+    log.info("pipeline run complete: training set %s (%s); baseline AUC val %.4f, test %.4f", built.path,
+             ", ".join(f"{k} {v:,}" for k, v in built.rows.items()), metrics["val"]["auc"], metrics["test"]["auc"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -249,12 +249,33 @@ class FeatureConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Temporal train / val / test split ratios (consumed by `feedstore training-set`)."""
+    """Temporal train / val / test split (consumed by `feedstore training-set`): by ratio of rows in time order,
+    or by explicit cut timestamps; all rows of one timestamp land in one split."""
 
     train: float = Field(0.70, gt=0.0, lt=1.0)
     val: float = Field(0.15, ge=0.0, lt=1.0)
     test: float = Field(0.15, gt=0.0, lt=1.0)
-    gap_hours: float = Field(0.0, ge=0.0, description="Events dropped between consecutive splits.")
+    gap_hours: float = Field(0.0, ge=0.0, description="Events dropped after each cut (between splits).")
+    train_end: datetime | None = Field(None, description="Explicit cut: train = events before this (UTC).")
+    val_end: datetime | None = Field(None, description="Explicit cut: val = events from train_end to this.")
+    max_null_fraction: float = Field(
+        0.6, ge=0.0, le=1.0, description="Training-set gate: any feature null in more rows than this fails."
+    )
+    sparse_features: list[str] = Field(
+        default=["user_item_impressions", "user_item_clicks"],
+        description="Features whose null means 'never happened' (first exposure): allowed up to 99.5% null.",
+    )
+    suspicious_auc: float = Field(
+        0.9, gt=0.5, le=1.0, description="`feedstore evaluate` flags a baseline AUC at or above this as likely leakage."
+    )
+
+    @model_validator(mode="after")
+    def _cuts(self) -> SplitConfig:
+        if (self.train_end is None) != (self.val_end is None):
+            raise ValueError("give both train_end and val_end, or neither")
+        if self.train_end and self.val_end and self.val_end <= self.train_end:
+            raise ValueError(f"val_end ({self.val_end}) must be after train_end ({self.train_end})")
+        return self
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:

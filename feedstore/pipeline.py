@@ -37,6 +37,14 @@ def compute_feature_stats(cfg: PipelineConfig, *, start: date | None = None, end
     return compute_stats(cfg, start=start, end=end)
 
 
+def validate_feature_stats(cfg: PipelineConfig, days: list[str]) -> None:
+    """Stage 3b: the GX gate on published offline statistics of `days` (raises ValidationFailed)."""
+    from ingestion.stats import offline_dir
+    from ingestion.stats_validation import validate_stats
+
+    validate_stats(cfg, offline_dir(cfg.data_dir), days, only_days=True)
+
+
 def apply_feature_definitions(cfg: PipelineConfig, online_store: str | None = None) -> None:
     """Stage 4: `feast apply` on feature_repo/."""
     from feedstore.serving import apply_definitions
@@ -49,6 +57,51 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
     from feedstore.serving import materialize_online as materialize
 
     return materialize(cfg, online_store or cfg.serving.online_store, end)
+
+
+def build_training_set(cfg: PipelineConfig, *, version: str | None = None, start: date | None = None,
+                       end: date | None = None, online_store: str | None = None):
+    """Stage 6: point-in-time training set through get_historical_features, split by time, validated."""
+    from training_data.training_set import build_training_set as build
+
+    return build(cfg, version=version, start=start, end=end, online_store=online_store)
+
+
+def evaluate_baseline(cfg: PipelineConfig, version: str | None = None) -> dict:
+    """Stage 7: baseline AUC / log loss on val and test, recorded in the training set's manifest."""
+    from training_data.evaluate import evaluate_training_set
+    from training_data.training_set import latest_version, training_dir
+
+    path = training_dir(cfg.data_dir) / version if version else latest_version(cfg.data_dir)
+    if not (path / "manifest.json").exists():
+        from feedstore.errors import InputDataError
+
+        raise InputDataError(f"{path}: no training set there (run `feedstore training-set` first)")
+    return evaluate_training_set(cfg, path)
+
+
+def validate_published_training_set(cfg: PipelineConfig, version: str) -> dict:
+    """Stage 6b: re-check a published training set with its GX suite, then the baseline (leakage alarm)."""
+    from training_data.validation import validate_published
+
+    validate_published(cfg, version)
+    return evaluate_baseline(cfg, version)
+
+
+def check_training_serving_skew(cfg: PipelineConfig, end: datetime | None = None, online_store: str | None = None):
+    """Stage 7: online values vs get_historical_features at `end`; raises FeedstoreError on any mismatch."""
+    from feedstore.errors import FeedstoreError
+    from feedstore.serving import check_skew
+
+    report = check_skew(cfg, online_store or cfg.serving.online_store, cfg.serving.skew_sample, end=end)
+    if report.mismatches:
+        first = report.mismatches[0]
+        err = FeedstoreError(f"training/serving skew: {len(report.mismatches)} mismatching values, e.g. "
+                             f"{first['feature']} for user {first['user_id']} item {first['item_id']}: online "
+                             f"{first['online']!r} vs offline {first['offline']!r}")
+        err.exit_code = 6
+        raise err
+    return report
 
 
 @dataclass(frozen=True)
@@ -66,8 +119,10 @@ def generate_events(
     workers: int | None = None,
     report: bool = True,
     progress: bool = True,
+    days: list[date] | None = None,
 ) -> GenerateResult:
-    """Stage 1: write `<data_dir>/raw/` (users, items, interactions, faults.json) and the realism report."""
+    """Stage 1: write `<data_dir>/raw/` (users, items, interactions, faults.json) and the realism report.
+    With `days`, only those days' partitions (what the daily DAG does)."""
     from ingestion.generate import generate
     from ingestion.realism import write_report
 
@@ -78,6 +133,7 @@ def generate_events(
         fault_rate=fault_rate,
         workers=workers or default_workers(gen.interactions),
         progress=progress,
+        days=days,
     )
     passed = failed = None
     if report:

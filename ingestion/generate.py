@@ -558,13 +558,25 @@ def generate(
     fault_rate: float = 0.0,
     workers: int = 1,
     progress: bool = True,
+    days: list | None = None,
 ) -> GenerateSummary:
-    """Generate users, items and interactions under `<data_dir>/raw/`, replacing what was there atomically."""
+    """Generate users, items and interactions under `<data_dir>/raw/`, replacing what was there atomically.
+
+    With `days` (dates), only those days' partitions are (re)written, byte-identical to what a full run writes
+    for them (each day has its own random stream); other partitions are left alone. That is how the daily DAG
+    "ingests" one day.
+    """
     if not 0.0 <= fault_rate <= 0.5:
         raise ValueError(f"fault rate must be in [0, 0.5], got {fault_rate}")
     t0 = time.perf_counter()
     world = build_world(cfg)
     tasks = [t for t in plan_tasks(world) if t.n > 0]
+    if days is not None:
+        wanted = {(d - cfg.start).days for d in days}
+        outside = [d for d in days if not 0 <= (d - cfg.start).days < cfg.n_days]
+        if outside:
+            raise ValueError(f"days {outside} are outside the configured range {cfg.start}..{cfg.end}")
+        tasks = [t for t in tasks if t.day in wanted]
     log.info(
         "generating %s interactions for %s users / %s items over %s days (%s blocks, %s worker%s, seed %s)",
         f"{cfg.interactions:,}", f"{cfg.users:,}", f"{cfg.items:,}", cfg.n_days, len(tasks), workers,
@@ -573,7 +585,9 @@ def generate(
     raw = raw_dir(data_dir)
     rows_by_date: Counter[str] = Counter()
     faults: Counter[str] = Counter()
-    with staged_dir(interactions_dir(data_dir)) as stage:
+    target = interactions_dir(data_dir)
+    day_stage = target.with_name(f".day-staging-{time.time_ns()}")
+    with staged_dir(target if days is None else day_stage) as stage:
         results = _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress)
         for res in results:
             rows_by_date.update(res.rows_by_date)
@@ -587,6 +601,20 @@ def generate(
             "counts": {k: int(faults.get(k, 0)) for k in faults_mod.KINDS},
         }
         write_json(fault_doc, faults_path(data_dir))
+        if days is not None:  # move just these partitions into place (each replaced whole)
+            import os
+            import shutil
+
+            for part in sorted(stage.glob("date=*")):
+                dest = target / part.name
+                if dest.exists():
+                    shutil.rmtree(dest)
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(part, dest)
+    if days is not None:
+        import shutil
+
+        shutil.rmtree(day_stage, ignore_errors=True)
     total = int(sum(rows_by_date.values()))
     seconds = time.perf_counter() - t0
     log.info(

@@ -19,7 +19,8 @@ Feast keeps UnixTimestamp features at second resolution online (milliseconds off
 skew; `feedstore check-skew` found exactly that).
 
 Windows are differences of per-entity cumulative sums, looked up with DuckDB ASOF joins: no dense
-entity x day grid, no Python loop. Recomputing day D rewrites only `date=D` partitions.
+entity x day grid, no Python loop. Every sum is over integers (dwell in milliseconds), so results are exact and
+bit-for-bit reproducible whatever the data layout. Recomputing day D rewrites only `date=D` partitions.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _window_select(prefix: str, key: str, windows: list[int], cfg: PipelineConfi
         n, c, likes, s, dw = (val(x) for x in ("n", "c", "l", "s", "dw"))
         cols += [f"{n}::BIGINT AS {prefix}_impressions_{wn}", f"{c}::BIGINT AS {prefix}_clicks_{wn}",
                  f"{likes}::BIGINT AS {prefix}_likes_{wn}", f"{s}::BIGINT AS {prefix}_shares_{wn}",
-                 f"CASE WHEN {c} > 0 THEN {dw} / {c} ELSE 0.0 END AS {prefix}_dwell_mean_{wn}",
+                 f"CASE WHEN {c} > 0 THEN {dw} / (1000.0 * {c}) ELSE 0.0 END AS {prefix}_dwell_mean_{wn}",
                  f"({c} + {alpha!r}) / ({n} + {alpha + beta!r}) AS {prefix}_ctr_smoothed_{wn}"]
         if prefix == "item":
             cols.append(f"ln(1 + {n}) AS item_log_popularity_{wn}")
@@ -189,7 +190,9 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
                     FROM read_parquet('{vdir / 'items.parquet'}')""")
     con.execute(f"""CREATE TEMP TABLE ev AS
         SELECT e.user_id, e.item_id, e.event_timestamp::DATE AS d, e.click, e."like", e.share,
-               CASE WHEN e.click = 1 THEN e.dwell_time ELSE 0 END AS dw, i.category
+               -- dwell in integer milliseconds: sums are then exact and independent of summation order (a
+               -- parallel SUM of doubles is not, and features must be bit-for-bit reproducible)
+               CASE WHEN e.click = 1 THEN round(e.dwell_time * 1000)::BIGINT ELSE 0 END AS dw, i.category
         FROM read_parquet('{glob}', hive_partitioning = false) e JOIN items i USING (item_id)
         WHERE e.event_timestamp::DATE <= $hi""", {"hi": hi})
     con.execute("CREATE TEMP TABLE days AS SELECT range::DATE AS snap FROM range($lo::DATE, $hi::DATE + 1, "

@@ -114,7 +114,7 @@ _AGGREGATE = {  # how each checked quantity is summarized per day: the day fails
 }
 
 
-def validate_stats(cfg: PipelineConfig, stage: Path, days: list[str]) -> None:
+def validate_stats(cfg: PipelineConfig, stage: Path, days: list[str], only_days: bool = False) -> None:
     """Validate the staged offline tables; raise ValidationFailed (nothing is published) on any failure.
 
     DuckDB computes each row's checked quantities and folds them per day (min / max / all), so GX evaluates a
@@ -128,6 +128,8 @@ def validate_stats(cfg: PipelineConfig, stage: Path, days: list[str]) -> None:
     failures = []
     for view, (select, rules) in check_views(cfg).items():
         files = sorted((stage / view).rglob("*.parquet"))
+        if only_days:  # a published dataset: just these days' partitions
+            files = [f for f in files if f.parent.name.removeprefix("date=") in set(days)]
         if not files:
             failures.append(f"{view}: no rows written for {days[0]}..{days[-1]}")
             continue

@@ -487,7 +487,7 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
                              run_name="raw interactions daily"):
         o.observed_value = {"failing_days": [e["day"] for e in o.examples]} if not o.success else "all days ok"
         res.outcomes[o.rule] = o
-    res.extra["days"] = len(per_day)
+    res.extra["day_count"] = len(per_day)
     res.extra["totals"] = {k: totals.iloc[0][k].item() for k in totals.columns}
     return res
 

@@ -238,3 +238,19 @@ def test_feed_requests_share_user_device_and_timestamp():
     per_request = df.groupby(["user_id", "ts"]).agg(n=("item_id", "size"), devices=("device", "nunique"))
     assert per_request.n.mean() == pytest.approx(3.0, rel=0.1)
     assert (per_request.devices == 1).all()
+
+
+def test_generating_one_day_writes_exactly_that_days_partition(tmp_path):
+    from datetime import date
+
+    cfg = small_generation(interactions=8_000, users=300, items=600)
+    generate(cfg, tmp_path / "full", progress=False)
+    generate(cfg, tmp_path / "day", progress=False, days=[date(2024, 3, 10)])
+    day = tmp_path / "day" / "raw" / "interactions"
+    assert [p.name for p in day.iterdir()] == ["date=2024-03-10"]
+    full = file_bytes(tmp_path / "full" / "raw" / "interactions" / "date=2024-03-10")
+    assert file_bytes(day) == {f"date=2024-03-10/{name}": data for name, data in full.items()} != {}
+    assert sorted(p.name for p in (tmp_path / "day" / "raw").iterdir()) == [
+        "faults.json", "interactions", "items.parquet", "users.parquet"]
+    with pytest.raises(ValueError, match="outside the configured range"):
+        generate(cfg, tmp_path / "day", progress=False, days=[date(2023, 1, 1)])

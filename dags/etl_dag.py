@@ -1,0 +1,158 @@
+"""
+### etl_and_feature_engineering
+
+Daily feature pipeline for feed ranking (feedstore). Each run processes **one day**: the day before the run's
+logical date (the run at 2024-11-15 02:00 processes 2024-11-14), and every task is idempotent for it
+(re-running the day overwrites that day's partitions and nothing else).
+
+`generate_events` -> `validate_events` -> `compute_feature_stats` -> `validate_feature_stats` ->
+`apply_feature_definitions` -> `materialize_online` -> `build_training_set` -> `validate_training_set` ->
+`check_skew`
+
+* Every task calls the same `feedstore.pipeline` function as the `feedstore` CLI; settings come from the pipeline
+  config (`FEEDSTORE_CONFIG`, `FEEDSTORE_DATA_DIR`) and Feast's from `feature_repo/feature_store*.yaml`.
+* A failed validation gate fails its task at once (no retries: retrying cannot fix data), so nothing downstream
+  runs; the task log shows the summary table. Other errors (a service down) get the 2 retries.
+* `materialize_online` loads each view over [end of the day - its ttl, end of the day]: overlapping windows
+  pick up late data.
+* Run params: `inject_faults` (fraction of corrupted rows, to exercise the gate; default 0).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import dag, get_current_context, task
+
+
+def _day_and_end() -> tuple:
+    """(the processed day, the end of that day as an aware datetime) for the running DAG run."""
+    ctx = get_current_context()
+    run_time = ctx.get("data_interval_end") or ctx["logical_date"]
+    end = datetime(run_time.year, run_time.month, run_time.day, tzinfo=timezone.utc)
+    return (end - timedelta(days=1)).date(), end
+
+
+def _gate(fn, *args, **kwargs):
+    """Run a pipeline function; expected failures (bad data, bad input) fail the task at once, without retries:
+    retrying cannot fix the data. Anything else (a service down, a crash) keeps the DAG's retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from feedstore.errors import FeedstoreError
+
+    try:
+        return fn(*args, **kwargs)
+    except FeedstoreError as e:
+        raise AirflowFailException(f"{type(e).__name__}: {e}") from None
+
+
+def _config():
+    from feedstore.config import load_config
+    from feedstore.logs import configure_logging
+
+    cfg = load_config()
+    configure_logging(cfg.log_level)
+    return cfg
+
+
+@dag(
+    dag_id="etl_and_feature_engineering",
+    schedule="0 2 * * *",
+    start_date=datetime(2024, 1, 2, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "feedstore", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    params={"inject_faults": 0.0},
+    tags=["feedstore", "feast", "feature-engineering", "great-expectations"],
+    doc_md=__doc__,
+)
+def etl_and_feature_engineering():
+    @task
+    def generate_events(params=None) -> str:
+        """Write the day's raw events (users and items are rewritten identically)."""
+        from feedstore.pipeline import generate_events as run
+
+        day, _ = _day_and_end()
+        _gate(run, _config(), days=[day], fault_rate=float((params or {}).get("inject_faults", 0.0)), report=False,
+              progress=False)
+        return day.isoformat()
+
+    @task
+    def validate_events(day: str) -> str:
+        """GX gate on the day's raw data; quarantines bad rows, fails the task if the gate fails."""
+        from datetime import date
+
+        from feedstore.pipeline import validate_events as run
+
+        _, end = _day_and_end()
+        _gate(run, _config(), start=date.fromisoformat(day), end=date.fromisoformat(day), as_of=end)
+        return day
+
+    @task
+    def compute_feature_stats(day: str) -> str:
+        """Timestamped statistics for the day (partition date=day of each offline source)."""
+        from datetime import date
+
+        from feedstore.pipeline import compute_feature_stats as run
+
+        _gate(run, _config(), start=date.fromisoformat(day), end=date.fromisoformat(day))
+        return day
+
+    @task
+    def validate_feature_stats(day: str) -> str:
+        """GX gate on the published offline statistics of the day."""
+        from feedstore.pipeline import validate_feature_stats as run
+
+        _gate(run, _config(), days=[day])
+        return day
+
+    @task
+    def apply_feature_definitions(day: str) -> str:
+        """`feast apply` on feature_repo/."""
+        from feedstore.pipeline import apply_feature_definitions as run
+
+        _gate(run, _config())
+        return day
+
+    @task
+    def materialize_online(day: str) -> str:
+        """Latest features up to the end of the day into the online store."""
+        from feedstore.pipeline import materialize_online as run
+
+        _, end = _day_and_end()
+        _gate(run, _config(), end=end)
+        return day
+
+    @task
+    def build_training_set(day: str) -> str:
+        """Point-in-time training set through get_historical_features, as of the end of the day."""
+        from datetime import date
+
+        from feedstore.pipeline import build_training_set as run
+
+        result = _gate(run, _config(), version=f"daily-{day}", end=date.fromisoformat(day))
+        return result.version
+
+    @task
+    def validate_training_set(version: str) -> str:
+        """GX gate on the published training set, then the baseline model check."""
+        from feedstore.pipeline import validate_published_training_set as run
+
+        _gate(run, _config(), version)
+        return version
+
+    @task
+    def check_skew(version: str) -> None:
+        """Online values must equal get_historical_features at the materialization time."""
+        from feedstore.pipeline import check_training_serving_skew as run
+
+        _, end = _day_and_end()
+        _gate(run, _config(), end=end)
+
+    day = generate_events()
+    stats = validate_feature_stats(compute_feature_stats(validate_events(day)))
+    version = build_training_set(materialize_online(apply_feature_definitions(stats)))
+    check_skew(validate_training_set(version))
+
+
+etl_dag = etl_and_feature_engineering()

@@ -1,0 +1,150 @@
+"""The Airflow DAG for real: integrity, `airflow dags test` end to end into a throwaway Redis, and a run with
+injected faults that stops at validation with nothing downstream run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+DAG_ID = "etl_and_feature_engineering"
+CONFIG = """
+generation: {users: 400, items: 1500, interactions: 20000, start: 2024-11-01, end: 2024-11-30, seed: 5}
+serving: {online_store: redis}
+"""
+
+
+def airflow_env(tmp: Path, redis_url: str) -> dict:
+    (tmp / "pipeline.yaml").write_text(CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "FEEDSTORE_CONFIG": str(tmp / "pipeline.yaml"),
+        "FEEDSTORE_DATA_DIR": str(tmp / "data"), "REDIS_CONNECTION_STRING": redis_url,
+    })
+    return env
+
+
+def run(env, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def seed_history(env) -> None:
+    """Days before the processed one, as earlier DAG runs would have left them."""
+    feedstore = [sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING"]
+    for args in (["generate", "--no-report"], ["validate", "--end", "2024-11-13", "--as-of", "2024-11-14"],
+                 ["stats", "--end", "2024-11-13"]):
+        res = run(env, *feedstore, *args)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_dag_integrity():
+    """Imports without errors, parses fast (no work at import), has tags, retries, docs and the expected tasks."""
+    code = f"""
+import importlib.util, json, time
+t = time.perf_counter()
+spec = importlib.util.spec_from_file_location("etl_dag", {str(ROOT / 'dags' / 'etl_dag.py')!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+parse = time.perf_counter() - t
+d = module.etl_dag
+print(json.dumps({{"errors": {{}}, "parse": parse, "tags": sorted(d.tags), "id": d.dag_id,
+                   "retries": d.default_args.get("retries"), "doc": bool(d.doc_md), "tasks": sorted(d.task_ids),
+                   "catchup": d.catchup, "schedule": str(d.schedule)}}))
+"""
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["errors"] == {}
+    assert info["parse"] is not None and info["parse"] < 2.0
+    assert info["id"] == DAG_ID and info["schedule"] == "0 2 * * *"
+    assert "feedstore" in info["tags"] and info["retries"] >= 2 and info["doc"] and info["catchup"] is False
+    assert set(info["tasks"]) == {"generate_events", "validate_events", "compute_feature_stats",
+                                  "validate_feature_stats", "apply_feature_definitions", "materialize_online",
+                                  "build_training_set", "validate_training_set", "check_skew"}
+    source = (ROOT / "dags" / "etl_dag.py").read_text()
+    assert "sys.path" not in source and "datetime.now" not in source
+
+
+def test_ruff_air_rules_clean():
+    res = subprocess.run([str(BIN / "ruff"), "check", "--select", "AIR", str(ROOT / "dags")], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout
+
+
+@pytest.fixture(scope="module")
+def dag_run(tmp_path_factory, redis_url):
+    tmp = tmp_path_factory.mktemp("airflow")
+    env = airflow_env(tmp, redis_url)
+    assert run(env, str(BIN / "airflow"), "db", "migrate").returncode == 0
+    seed_history(env)
+    t0 = time.time()
+    res = run(env, str(BIN / "airflow"), "dags", "test", DAG_ID, "2024-11-15")
+    return tmp, env, res, time.time() - t0
+
+
+def test_dags_test_runs_every_task_and_serves_from_redis(dag_run, redis_url):
+    tmp, env, res, seconds = dag_run
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    data = tmp / "data"
+    day = "2024-11-14"  # the run at 2024-11-15 processes the day before
+    assert (data / "raw" / "interactions" / f"date={day}").is_dir()
+    assert any((data / "validated" / "interactions" / f"date={day}").glob("*.parquet"))
+    for view in ("user_daily_stats", "item_daily_stats", "user_item_daily_stats"):
+        assert any((data / "offline" / view / f"date={day}").glob("*.parquet")), view
+    report = json.loads((data / "reports" / "validation" / "interactions.json").read_text())
+    assert report["gate"] == "pass" and report["days"] == [day]
+    manifest = json.loads((data / "training" / f"daily-{day}" / "manifest.json").read_text())
+    assert manifest["evaluation"]["val"]["auc"] > 0.5 and sum(manifest["rows"].values()) > 5_000
+    import redis
+
+    host, port = redis_url.rsplit(":", 1)
+    assert redis.Redis(host=host, port=int(port)).dbsize() > 1_000  # materialized entities
+    from feedstore.config import load_config
+    from feedstore.serving import RankingContext, feature_store, get_ranking_features
+
+    os.environ.update({k: env[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING")})
+    cfg = load_config(tmp / "pipeline.yaml", env={})
+    cfg = cfg.model_copy(update={"data_dir": data})
+    from datetime import datetime, timezone
+
+    got = get_ranking_features(feature_store(cfg, "redis"), 1, [1, 2, 3],
+                               RankingContext(datetime(2024, 11, 15, 1, tzinfo=timezone.utc)))
+    assert not got.item_missing.all()
+
+
+def test_a_rerun_of_the_day_is_idempotent(dag_run):
+    tmp, env, first, _ = dag_run
+    assert first.returncode == 0
+    part = tmp / "data" / "validated" / "interactions" / "date=2024-11-14"
+    before = {p.name: p.read_bytes() for p in part.glob("*.parquet")}
+    older = tmp / "data" / "validated" / "interactions" / "date=2024-11-10"
+    older_mtime = {p: p.stat().st_mtime_ns for p in older.glob("*.parquet")}
+    res = run(env, str(BIN / "airflow"), "dags", "test", DAG_ID, "2024-11-15")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert {p.name: p.read_bytes() for p in part.glob("*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in older.glob("*.parquet")} == older_mtime  # other days untouched
+
+
+def test_faults_above_threshold_stop_at_validation(tmp_path, redis_url):
+    env = airflow_env(tmp_path, redis_url)
+    assert run(env, str(BIN / "airflow"), "db", "migrate").returncode == 0
+    seed_history(env)
+    res = run(env, str(BIN / "airflow"), "dags", "test", DAG_ID, "2024-11-15", "--conf", '{"inject_faults": 0.1}')
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "validation failed" in out and "validate_events" in out
+    data = tmp_path / "data"
+    assert not (data / "validated" / "interactions" / "date=2024-11-14").exists()  # not published
+    assert any((data / "quarantine" / "interactions" / "date=2024-11-14").glob("*.parquet"))  # kept, with reasons
+    assert not (data / "offline" / "user_daily_stats" / "date=2024-11-14").exists()  # downstream did not run
+    assert not (data / "training").exists()

@@ -1,0 +1,179 @@
+"""Training sets end to end: splits, manifest, report, preprocessing on train only, the GX gate, the baseline
+(leakage alarm), clear errors, and the black-box leakage test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from feedstore.errors import FeedstoreError
+from feedstore.serving import apply_definitions
+from ingestion.stats import compute_stats
+from tests.conftest import pipeline_config
+from training_data import training_set as ts_mod
+from training_data.evaluate import evaluate_frames, evaluate_training_set
+from training_data.training_set import build_training_set
+
+
+@pytest.fixture(scope="module")
+def built(stats_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("training") / "data"
+    shutil.copytree(stats_data, d)
+    cfg = pipeline_config(d)
+    apply_definitions(cfg, "sqlite")
+    return cfg, build_training_set(cfg, online_store="sqlite")
+
+
+def read_validated(d):
+    return ds.dataset(d / "validated" / "interactions", format="parquet", partitioning="hive").to_table().to_pandas()
+
+
+def test_one_row_per_impression_split_by_time(built):
+    cfg, res = built
+    splits = {n: pd.read_parquet(res.path / f"{n}.parquet") for n in ("train", "val", "test")}
+    events = read_validated(cfg.data_dir)
+    together = pd.concat(splits.values())
+    assert len(together) == len(events) == sum(res.rows.values())  # no gap: every row in exactly one split
+    assert together.interaction_id.is_unique and set(together.interaction_id) == set(events.interaction_id)
+    assert splits["train"].event_timestamp.max() < splits["val"].event_timestamp.min()
+    assert splits["val"].event_timestamp.max() < splits["test"].event_timestamp.min()
+    for part in splits.values():  # documented order
+        assert part.event_timestamp.is_monotonic_increasing
+    assert res.rows["train"] / len(events) == pytest.approx(0.70, abs=0.02)
+    assert {"click", "like", "share", "dwell_time", "device", "request_ts"} <= set(splits["train"].columns)
+    assert not any(c.startswith("_feature_ts__") for c in splits["train"].columns)
+
+
+def test_manifest_and_report(built):
+    _, res = built
+    m = json.loads((res.path / "manifest.json").read_text())
+    assert m["feature_service"] == "feed_ranking_v1" and len(m["fingerprint"]) == 12
+    assert set(m["splits"]) == {"train", "val", "test"}
+    for s in m["splits"].values():
+        assert 0.02 < s["ctr"] < 0.4 and s["min_event_timestamp"] < s["max_event_timestamp"]
+    assert len(m["features"]) > 60 and "user_category_affinity_for_item" in m["features"]
+    assert m["timings_seconds"]["get_historical_features"] > 0
+    report = json.loads((res.path / "report" / "feature_report.json").read_text())
+    stats = report["stats"]["train"]["user_clicks_7d"]
+    assert {"null_rate", "mean", "std", "quantiles"} <= set(stats) and "p50" in stats["quantiles"]
+    assert set(report["psi"]) == {"val", "test"} and "item_age_days" in report["psi"]["val"]
+    html = (res.path / "report" / "index.html").read_text()
+    pngs = sorted((res.path / "report").glob("*.png"))
+    assert pngs and all(p.name in html for p in pngs)
+
+
+def test_preprocessor_is_fitted_on_train_only(built):
+    import joblib
+
+    _, res = built
+    pipe = joblib.load(res.path / "preprocessor.joblib")
+    train = pd.read_parquet(res.path / "train.parquet")
+    test = pd.read_parquet(res.path / "test.parquet")
+    col = "user_impressions_lifetime"
+    k = pipe.feature_names_.index(col)
+    imputed = lambda part: part[col].astype(float).fillna(train[col].astype(float).median())  # noqa: E731
+    assert pipe.named_steps["impute"].statistics_[k] == train[col].astype(float).median()
+    assert pipe.named_steps["scale"].mean_[k] == pytest.approx(imputed(train).mean(), rel=1e-9)
+    assert pipe.named_steps["scale"].mean_[k] != pytest.approx(imputed(test).mean(), rel=1e-3)
+
+
+def test_same_inputs_same_version(built):
+    cfg, res = built
+    again = build_training_set(cfg, online_store="sqlite", report_plots=False)
+    assert again.version == res.version and again.path == res.path
+
+
+def test_baseline_shows_signal_and_the_leakage_alarm_fires(built):
+    cfg, res = built
+    result = evaluate_training_set(cfg, res.path)
+    assert 0.55 < result["val"]["auc"] < cfg.splits.suspicious_auc
+    assert not result["leakage_suspected"]
+    assert json.loads((res.path / "manifest.json").read_text())["evaluation"]["val"]["auc"] == result["val"]["auc"]
+    # a statistic that includes the current impression (the seed's bug) is caught by an implausible jump
+    m = json.loads((res.path / "manifest.json").read_text())
+    parts = {n: pd.read_parquet(res.path / f"{n}.parquet") for n in ("train", "val", "test")}
+    for p in parts.values():
+        p["item_ctr_leaky"] = (p.item_clicks_lifetime.fillna(0) + p.click) / (p.item_impressions_lifetime.fillna(0) + 1)
+    leaky = evaluate_frames(parts["train"], parts["val"], parts["test"], [*m["numeric_features"], "item_ctr_leaky"])
+    assert leaky["val"]["auc"] >= cfg.splits.suspicious_auc
+    assert leaky["val"]["auc"] > result["val"]["auc"] + 0.2
+
+
+def test_wrong_feature_service_is_a_clear_error(built, monkeypatch):
+    cfg, _ = built
+    monkeypatch.setattr(ts_mod, "FEATURE_SERVICE", "no_such_service")
+    with pytest.raises(FeedstoreError, match="feature service 'no_such_service' not found"):
+        build_training_set(cfg, online_store="sqlite")
+
+
+def test_entity_rows_missing_a_column_is_a_clear_error(built, monkeypatch):
+    cfg, _ = built
+    original = ts_mod.entity_rows
+    monkeypatch.setattr(ts_mod, "entity_rows", lambda *a, **k: original(*a, **k).drop(columns="device"))
+    with pytest.raises(FeedstoreError, match="get_historical_features: .*device.* not found in the entity"):
+        build_training_set(cfg, online_store="sqlite")
+
+
+def _perturb_after(d, t0: pd.Timestamp) -> None:
+    """Change every event at or after t0: flip clicks, drop a fifth, add copies with new ids."""
+    rng = np.random.default_rng(3)
+    root = d / "validated" / "interactions"
+    for part in sorted(root.glob("date=*")):
+        if part.name.removeprefix("date=") < str(t0.date()):
+            continue
+        files = sorted(part.glob("*.parquet"))
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        later = df.event_timestamp >= t0
+        changed = df[later].copy()
+        changed["click"] = (1 - changed.click).astype(np.int8)
+        changed["like"] = (changed["like"] * changed.click).astype(np.int8)
+        changed["share"] = (changed.share * changed.click).astype(np.int8)
+        changed["dwell_time"] = np.where(changed.click == 1, 12.5, 0.0)
+        changed = changed[rng.random(len(changed)) > 0.2]
+        extra = changed.sample(frac=0.3, random_state=1).copy()
+        extra["interaction_id"] = "new-" + extra.interaction_id
+        extra["event_timestamp"] = extra.event_timestamp + pd.Timedelta(seconds=7)
+        out = pd.concat([df[~later], changed, extra], ignore_index=True).sort_values("event_timestamp")
+        for f in files:
+            f.unlink()
+        import pyarrow.parquet as pq
+
+        from ingestion.schemas import INTERACTIONS_SCHEMA
+
+        pq.write_table(pa.Table.from_pandas(out[INTERACTIONS_SCHEMA.names], preserve_index=False,
+                                            schema=INTERACTIONS_SCHEMA), part / "part-0.parquet")
+
+
+def test_black_box_no_leakage(built, tmp_path):
+    """Change everything at or after T0, rebuild stats and the training set: every feature of every row before T0
+    is identical, bit for bit."""
+    cfg, res = built
+    t0 = pd.Timestamp("2024-03-10 12:00", tz="UTC")
+    d2 = tmp_path / "data"
+    shutil.copytree(cfg.data_dir, d2, ignore=shutil.ignore_patterns("training", "feast", "reports"))
+    _perturb_after(d2, t0)
+    cfg2 = pipeline_config(d2)
+    compute_stats(cfg2)
+    apply_definitions(cfg2, "sqlite")
+    res2 = build_training_set(cfg2, online_store="sqlite", report_plots=False)
+    def before(path):
+        rows = pd.concat([pd.read_parquet(path / f"{n}.parquet") for n in ("train", "val", "test")])
+        return rows[rows.event_timestamp < t0].sort_values("interaction_id").reset_index(drop=True)
+
+    a, b = before(res.path), before(res2.path)
+    assert len(a) == len(b) > 5_000
+    changed_after = pd.concat([pd.read_parquet(res2.path / f"{n}.parquet") for n in ("train", "val", "test")])
+    assert (changed_after.interaction_id.str.startswith("new-")).any()  # the perturbation really happened
+    features = [c for c in a.columns if c not in ("interaction_id",)]
+    pd.testing.assert_frame_equal(a[features], b[features], check_exact=True)
+    # and the perturbation is visible after T0 (the test can fail)
+    late1 = pd.concat([pd.read_parquet(res.path / f"{n}.parquet") for n in ("val", "test")])
+    assert late1.user_clicks_lifetime.sum() != changed_after[changed_after.event_timestamp >= t0 + timedelta(days=2)
+                                                             ].user_clicks_lifetime.sum()
