@@ -34,6 +34,8 @@ test-integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/training_set.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -64,7 +64,8 @@ def check_redis(connection_string: str, timeout: float = 2.0) -> None:
     host, _, port = parts[0].rpartition(":")
     options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
     try:
-        client = redis.Redis(host=host or "localhost", port=int(port or 6379), password=options.get("password"),
+        client = redis.Redis(host=host or "localhost", port=int(port or 6379), db=int(options.get("db", 0)),
+                             password=options.get("password"),
                              ssl=options.get("ssl", "false").lower() == "true", socket_connect_timeout=timeout,
                              socket_timeout=timeout, retry=Retry(NoBackoff(), 0))  # redis-py retries 3x by default
         client.ping()
@@ -275,8 +276,12 @@ class OnlineRanker:
             _, fields = online._generate_hset_keys_for_features(fv, list(names))
             dtypes = {f.name: str(f.dtype) for f in fv.features}
             keys = tuple(c.name for c in fv.entity_columns)
+            kinds = [_kind(dtypes[n]) for n in names]
+            by_kind: dict[str, list[int]] = {}
+            for j, kind in enumerate(kinds):
+                by_kind.setdefault(kind, []).append(j)
             self.views.append({"name": fv.name, "features": names, "fields": fields, "keys": keys,
-                               "kinds": [_kind(dtypes[n]) for n in names], "ttl": fv.ttl.total_seconds(),
+                               "kinds": kinds, "by_kind": by_kind, "ttl": fv.ttl.total_seconds(),
                                "key_builder": self._key_builder(keys)})
 
     def _key_builder(self, names: tuple[str, ...]):
@@ -334,14 +339,21 @@ class OnlineRanker:
             age = now - stamp
             live = (age <= v["ttl"]) & (age >= 0)  # NaN (no row) compares False: missing
             take = np.zeros(n, dtype=np.int64) if count == 1 else np.arange(n)
-            for j, (name, kind) in enumerate(zip(v["features"], v["kinds"], strict=True)):
-                raw = [r[j] if ok else None for r, ok in zip(block, live, strict=True)]
-                col = _decode(name, raw, kind)
-                col = col[take] if isinstance(col, np.ndarray) else [col[t] for t in take]
-                if kind == "int":  # nullable integers, like the values Feast returns
-                    missing = np.isnan(col)
-                    col = pd.arrays.IntegerArray(np.where(missing, 0, col).astype(np.int64), missing)
-                out[name] = col
+            rows = [r if ok else None for r, ok in zip(block, live, strict=True)]
+            for kind, idx in v["by_kind"].items():  # one vectorized decode per kind, not per feature
+                flat = [r[j] if r is not None else None for r in rows for j in idx]
+                decoded = _decode(kind, flat, kind)
+                if isinstance(decoded, np.ndarray):
+                    matrix = decoded.reshape(count, len(idx))[take]
+                    for c, j in enumerate(idx):
+                        col = matrix[:, c]
+                        if kind == "int":  # nullable integers, like the values Feast returns
+                            missing = np.isnan(col)
+                            col = pd.arrays.IntegerArray(np.where(missing, 0, col).astype(np.int64), missing)
+                        out[v["features"][j]] = col
+                else:
+                    for c, j in enumerate(idx):
+                        out[v["features"][j]] = [decoded[t * len(idx) + c] for t in take]
             out[f"{v['name']}_age_seconds"] = np.where(live, age, np.nan)[take]
         for name in [k for k, kind in _timestamp_columns(self.views)]:
             out[name] = pd.to_datetime(out[name], unit="s", utc=True)

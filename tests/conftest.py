@@ -97,6 +97,16 @@ def redis_url(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+_DB_COUNTER = iter(range(1, 16))
+
+
+@pytest.fixture(scope="module")
+def redis_db(redis_url) -> str:
+    """A Redis connection string for one test module: its own logical database (`,db=N`), so modules that
+    materialize the same Feast project never read each other's keys."""
+    return f"{redis_url},db={next(_DB_COUNTER)}"
+
+
 def pipeline_config(data_dir: Path, **overrides) -> PipelineConfig:
     """Small pipeline config: 400 users, 1.5K items, 15K events over Feb-Mar 2024 (windows and heartbeats bite)."""
     gen = small_generation(users=400, items=1500, interactions=15_000, start="2024-02-01", end="2024-03-31", seed=11)

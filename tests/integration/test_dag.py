@@ -82,9 +82,9 @@ def test_ruff_air_rules_clean():
 
 
 @pytest.fixture(scope="module")
-def dag_run(tmp_path_factory, redis_url):
+def dag_run(tmp_path_factory, redis_db):
     tmp = tmp_path_factory.mktemp("airflow")
-    env = airflow_env(tmp, redis_url)
+    env = airflow_env(tmp, redis_db)
     assert run(env, str(BIN / "airflow"), "db", "migrate").returncode == 0
     seed_history(env)
     t0 = time.time()
@@ -92,7 +92,7 @@ def dag_run(tmp_path_factory, redis_url):
     return tmp, env, res, time.time() - t0
 
 
-def test_dags_test_runs_every_task_and_serves_from_redis(dag_run, redis_url):
+def test_dags_test_runs_every_task_and_serves_from_redis(dag_run, redis_db):
     tmp, env, res, seconds = dag_run
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     data = tmp / "data"
@@ -107,8 +107,9 @@ def test_dags_test_runs_every_task_and_serves_from_redis(dag_run, redis_url):
     assert manifest["evaluation"]["val"]["auc"] > 0.5 and sum(manifest["rows"].values()) > 5_000
     import redis
 
-    host, port = redis_url.rsplit(":", 1)
-    assert redis.Redis(host=host, port=int(port)).dbsize() > 1_000  # materialized entities
+    address, db = redis_db.split(",db=")
+    host, port = address.rsplit(":", 1)
+    assert redis.Redis(host=host, port=int(port), db=int(db)).dbsize() > 1_000  # materialized entities
     from feedstore.config import load_config
     from feedstore.serving import RankingContext, feature_store, get_ranking_features
 
@@ -135,8 +136,8 @@ def test_a_rerun_of_the_day_is_idempotent(dag_run):
     assert {p: p.stat().st_mtime_ns for p in older.glob("*.parquet")} == older_mtime  # other days untouched
 
 
-def test_faults_above_threshold_stop_at_validation(tmp_path, redis_url):
-    env = airflow_env(tmp_path, redis_url)
+def test_faults_above_threshold_stop_at_validation(tmp_path, redis_db):
+    env = airflow_env(tmp_path, redis_db)
     assert run(env, str(BIN / "airflow"), "db", "migrate").returncode == 0
     seed_history(env)
     res = run(env, str(BIN / "airflow"), "dags", "test", DAG_ID, "2024-11-15", "--conf", '{"inject_faults": 0.1}')
