@@ -7,6 +7,7 @@ counts in `raw/faults.json` the exact number of rows a validator must quarantine
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +36,15 @@ KINDS: tuple[str, ...] = (
 )
 
 _US_PER_HOUR = 3_600_000_000
+
+
+def _swap_to_later(ids: np.ndarray, ts: np.ndarray, appears_sorted: np.ndarray, order: np.ndarray,
+                   rng: np.random.Generator, pick) -> None:
+    """Replace ids (on rows `pick` chooses among those where one exists) by an entity that appears after `ts`."""
+    later = np.searchsorted(appears_sorted, ts, side="right")
+    rows = pick(later < len(appears_sorted))
+    lo = later[rows]
+    ids[rows] = order[lo + (rng.random(len(rows)) * (len(appears_sorted) - lo)).astype(np.int64)]
 
 
 def inject(world: World, cols: dict[str, np.ndarray], rate: float, rng: np.random.Generator):
@@ -92,19 +102,11 @@ def inject(world: World, cols: dict[str, np.ndarray], rate: float, rng: np.rando
         elif kind == "dwell_too_long":
             rows = pick(i, clicked)
             cols["dwell"][rows] = np.round(300.01 + 600 * rng.random(len(rows)), 2)
-        elif kind == "before_signup":
-            # swap in a real user who signs up only after the event
-            later = np.searchsorted(world.signup_sorted, ts, side="right")
-            rows = pick(i, later < world.n_users)
-            lo = later[rows]
-            chosen = lo + (rng.random(len(rows)) * (world.n_users - lo)).astype(np.int64)
-            cols["user_id"][rows] = world.users_by_signup[chosen]
-        elif kind == "before_creation":
-            later = np.searchsorted(world.creation_sorted, ts, side="right")
-            rows = pick(i, later < world.n_items)
-            lo = later[rows]
-            chosen = lo + (rng.random(len(rows)) * (world.n_items - lo)).astype(np.int64)
-            cols["item_id"][rows] = world.items_by_creation[chosen]
+        elif kind == "before_signup":  # a real user who signs up only after the event
+            _swap_to_later(cols["user_id"], ts, world.signup_sorted, world.users_by_signup, rng, partial(pick, i))
+        elif kind == "before_creation":  # a real item published only after the event
+            _swap_to_later(cols["item_id"], ts, world.creation_sorted, world.items_by_creation, rng,
+                           partial(pick, i))
         elif kind == "after_end":
             # future-dated: 1-72 h past the configured end (time_of_day / day_of_week follow the new time)
             rows = pick(i, np.ones(n, bool))
