@@ -156,12 +156,13 @@ def apply(g: Globals, online_store) -> None:
 @_ONLINE
 @click.option("--end", "end", type=_TS, default=None,
               help="Materialize up to this UTC time (default: the newest offline snapshot).")
+@click.option("--force", is_flag=True, help="Materialize even if the online store already reflects a later time.")
 @click.pass_obj
-def materialize(g: Globals, online_store, end) -> None:
-    """Load the latest features of every entity into the online store."""
+def materialize(g: Globals, online_store, end, force) -> None:
+    """Load the latest features of every entity into the online store (never rolls it back unless --force)."""
     from feedstore.pipeline import materialize_online
 
-    materialize_online(g.load(), online_store, _as_utc(end))
+    materialize_online(g.load(), online_store, _as_utc(end), force=force)
 
 
 @cli.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 _NOISY = ("great_expectations", "feast", "urllib3", "asyncio", "numexpr", "matplotlib")
 
@@ -19,3 +20,8 @@ def configure_logging(level: str = "INFO") -> None:
         root.addHandler(handler)
     for name in _NOISY:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Known third-party noise: deprecations inside ibis / GX, and Feast's advisory that
+    # serve_features_while_materializing only matters with a SQL registry (set on purpose, see feature_store.yaml).
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ibis|great_expectations)(\.|$)")
+    warnings.filterwarnings("ignore", message=r"module 'sre_(constants|parse)' is deprecated")
+    logging.getLogger("feast.repo_config").setLevel(logging.ERROR)

@@ -52,11 +52,12 @@ def apply_feature_definitions(cfg: PipelineConfig, online_store: str | None = No
     apply_definitions(cfg, online_store or cfg.serving.online_store)
 
 
-def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end: datetime | None = None):
-    """Stage 5: latest features into the online store (each view over [end - ttl, end])."""
+def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end: datetime | None = None,
+                       force: bool = False):
+    """Stage 5: latest features into the online store (each view over [end - ttl, end]); never rolls back."""
     from feedstore.serving import materialize_online as materialize
 
-    return materialize(cfg, online_store or cfg.serving.online_store, end)
+    return materialize(cfg, online_store or cfg.serving.online_store, end, force=force)
 
 
 def build_training_set(cfg: PipelineConfig, *, version: str | None = None, start: date | None = None,

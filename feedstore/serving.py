@@ -123,10 +123,20 @@ class MaterializeResult:
     seconds: dict[str, float]
 
 
-def materialize_online(cfg: PipelineConfig, online_store: str, end: datetime | None = None) -> MaterializeResult:
-    """Load the latest row of every entity into the online store: each view over [end - its ttl, end]."""
+def materialize_online(cfg: PipelineConfig, online_store: str, end: datetime | None = None,
+                       force: bool = False) -> MaterializeResult:
+    """Load the latest row of every entity into the online store: each view over [end - its ttl, end].
+
+    A backfill never rolls the online store back: if the registry records a materialization newer than `end`,
+    nothing is written (online stores overwrite whatever they are given, so an older day would leave a mix of
+    times online) unless `force`."""
     store = feature_store(cfg, online_store)
     end = end or latest_snapshot(cfg)
+    newest = latest_materialized(store)
+    if newest is not None and end < newest and not force:
+        log.warning("online store already reflects %s, later than %s: not materializing (a backfill must not roll "
+                    "it back; use --force to do so anyway)", newest.isoformat(), end.isoformat())
+        return MaterializeResult(end, {}, {})
     entities, seconds = {}, {}
     for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
         t0 = time.perf_counter()
@@ -488,11 +498,12 @@ class SkewReport:
 
 def check_skew(cfg: PipelineConfig, online_store: str, sample: int = 200, end: datetime | None = None,
                seed: int = 0) -> SkewReport:
-    """Online values must equal get_historical_features at the materialization end, for sampled entities."""
+    """Online values must equal get_historical_features at the materialization end, for sampled entities
+    (default: the newest materialization recorded in the registry)."""
     import duckdb
 
     store = feature_store(cfg, online_store)
-    end = end or latest_snapshot(cfg)
+    end = end or latest_materialized(store) or latest_snapshot(cfg)
     base = Path(cfg.data_dir).resolve() / "offline"
     pairs = duckdb.execute(f"""
         SELECT user_id, item_id FROM read_parquet('{base}/user_item_daily_stats/**/*.parquet',
@@ -532,6 +543,14 @@ def check_skew(cfg: PipelineConfig, online_store: str, sample: int = 200, end: d
     log.info("skew check at %s: %d entity rows x %d features, %d mismatches", end.isoformat(), len(online),
              len(names), len(mismatches))
     return SkewReport(end, len(online), len(names), mismatches)
+
+
+def latest_materialized(store) -> datetime | None:
+    """The end of the newest materialization Feast recorded: the moment the online store reflects. (A backfill
+    that materializes an older day does not roll newer online rows back, so the check must use this, not the
+    day being processed.)"""
+    ends = [end for fv in store.list_feature_views() for _, end in (fv.materialization_intervals or [])]
+    return max(ends).astimezone(timezone.utc) if ends else None
 
 
 def _same(a: Any, b: Any) -> bool:
