@@ -43,6 +43,18 @@ def write_json(obj: Any, target: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def replace_dir(src: Path | None, target: Path) -> None:
+    """Make `target` the directory `src` (or remove it if `src` is None): the old one is renamed aside first and
+    deleted last, so `target` is never half-written (src must be on the same filesystem)."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        os.replace(target, old)
+    if src is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces `target` whole, on failure it is removed.
@@ -54,11 +66,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(stage, target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(stage, target)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -69,8 +69,8 @@ def _entity_table(entity_df: pd.DataFrame | str) -> tuple[pa.Table, str]:
     return table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64))), ts_col
 
 
-def _view_sql(fv, features: list[str], full_feature_names: bool, alias: str, ts_col: str,
-              filter_by_created: bool) -> tuple[str, str, list[str]]:
+def _view_sql(fv, features: list[str], full_feature_names: bool, alias: str, ts_col: str
+              ) -> tuple[str, str, list[str]]:
     """(source subquery, ASOF join condition, select list) for one feature view projection."""
     source = fv.batch_source
     if not isinstance(source, FileSource):
@@ -264,7 +264,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             if not features:
                 continue
             alias = f"v{k}"
-            sub, on, select = _view_sql(fv, features, full_feature_names, alias, ts_col, filter_by_created_timestamp)
+            sub, on, select = _view_sql(fv, features, full_feature_names, alias, ts_col)
             joins.append(f"ASOF LEFT JOIN ({sub}) {alias} ON {on}")
             selects += select
         # ORDER BY the row number restores the entity order (measured: cheaper than sorting afterwards with an

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from scipy.special import ndtri
 
 from feedstore.config import DEVICES, GenerationConfig
-from feedstore.io import staged_dir, write_json, write_parquet
+from feedstore.io import replace_dir, staged_dir, write_json, write_parquet
 from ingestion import faults as faults_mod
 from ingestion.schemas import (
     INTERACTIONS_SCHEMA,
@@ -602,15 +602,8 @@ def generate(
         }
         write_json(fault_doc, faults_path(data_dir))
         if days is not None:  # move just these partitions into place (each replaced whole)
-            import os
-            import shutil
-
             for part in sorted(stage.glob("date=*")):
-                dest = target / part.name
-                if dest.exists():
-                    shutil.rmtree(dest)
-                target.mkdir(parents=True, exist_ok=True)
-                os.replace(part, dest)
+                replace_dir(part, target / part.name)
     if days is not None:
         import shutil
 

@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from feedstore.config import PipelineConfig
 from feedstore.errors import InputDataError
+from feedstore.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -288,11 +289,4 @@ def _publish(data_dir: Path, stage: Path, days: list[str]) -> None:
     for view in VIEWS:
         for day in days:
             staged = stage / view / f"date={day}"
-            target = view_dir(data_dir, view) / f"date={day}"
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            if target.exists():
-                os.replace(target, old)
-            if staged.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, target)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(staged if staged.exists() else None, view_dir(data_dir, view) / f"date={day}")

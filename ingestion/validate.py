@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from feedstore.config import PipelineConfig
 from feedstore.errors import InputDataError
-from feedstore.io import write_json, write_parquet
+from feedstore.io import replace_dir, write_json, write_parquet
 from feedstore.quality import ROW, GXRunner, RuleOutcome, ValidationFailed, summary_table
 from ingestion import expectations as ex
 from ingestion.schemas import (
@@ -573,17 +573,6 @@ def _write_reports(data_dir: Path, tables: dict[str, TableResult], passed: bool,
     return paths
 
 
-def _replace_dir(src: Path | None, target: Path) -> None:
-    """Make `target` equal `src` (or absent if src is None), atomically per directory."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.replace(target, old)
-    if src is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _publish(data_dir: Path, stage: Path, days: list[str], *, publish_validated: bool) -> None:
     kinds = ["quarantine"] + (["validated"] if publish_validated else [])
     for kind in kinds:
@@ -597,4 +586,4 @@ def _publish(data_dir: Path, stage: Path, days: list[str], *, publish_validated:
                 target.unlink()
         for day in days:
             staged = stage / kind / "interactions" / f"date={day}"
-            _replace_dir(staged if staged.exists() else None, data_dir / kind / "interactions" / f"date={day}")
+            replace_dir(staged if staged.exists() else None, data_dir / kind / "interactions" / f"date={day}")

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from feedstore.config import PipelineConfig
 from feedstore.errors import FeedstoreError, InputDataError
-from feedstore.io import write_json, write_parquet
+from feedstore.io import replace_dir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,18 @@ def fingerprint(cfg: PipelineConfig, store) -> str:
     return h.hexdigest()[:12]
 
 
+def _utc(ts) -> pd.Timestamp:
+    """A config timestamp as UTC (naive means UTC)."""
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t
+
+
 def split_by_time(ts: pd.Series, cfg: PipelineConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Split label per row ("train"/"val"/"test"/"gap"): cuts at timestamps, so one timestamp is in one split."""
     s = cfg.splits
     values = pd.DatetimeIndex(ts).as_unit("ns").asi8  # int64 ns: sorting Timestamp objects is 50x slower
     if s.train_end is not None:
-        cut1 = pd.Timestamp(s.train_end).tz_localize("UTC") if pd.Timestamp(s.train_end).tzinfo is None else \
-            pd.Timestamp(s.train_end)
-        cut2 = pd.Timestamp(s.val_end).tz_localize("UTC") if pd.Timestamp(s.val_end).tzinfo is None else \
-            pd.Timestamp(s.val_end)
+        cut1, cut2 = _utc(s.train_end), _utc(s.val_end)
     else:
         ordered = np.sort(values)
         n = len(ordered)
@@ -192,9 +195,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             "built_from": str(Path(cfg.data_dir).resolve()),
         }
         write_json(manifest, stage / "manifest.json")
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        replace_dir(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     log.info("training set %s: %s -> %s in %.1f s (get_historical_features %.1f s)", version,
