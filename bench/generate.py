@@ -11,10 +11,10 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from measure import run_tree  # bench/measure.py (this script's directory is on sys.path)
 
 from feedstore.config import GenerationConfig
 
@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_one(out: Path, interactions: int, workers: int) -> tuple[float, float]:
     """Generate in a child process; return (wall seconds, peak summed RSS of its process tree in MiB)."""
-    import psutil
-
     if out.exists():
         shutil.rmtree(out)
     code = (
@@ -33,19 +31,10 @@ def run_one(out: Path, interactions: int, workers: int) -> tuple[float, float]:
         f"generate(GenerationConfig(interactions={interactions}), Path({str(out)!r}), workers={workers}, "
         "progress=False)"
     )
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    if proc.returncode:
-        raise SystemExit(f"generation failed with exit code {proc.returncode}")
-    return time.perf_counter() - t0, peak / 2**20
+    wall, peak, rc, err = run_tree([sys.executable, "-c", code], interval=0.1)
+    if rc:
+        raise SystemExit(f"generation failed with exit code {rc}: {err[-2000:]}")
+    return wall, peak
 
 
 def main() -> None:

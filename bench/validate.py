@@ -12,31 +12,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from measure import run_tree  # bench/measure.py (this script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_tree(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """Run `cmd`; return (wall seconds, peak summed RSS of its process tree in MiB, exit code)."""
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    stderr = proc.stderr.read()
-    if proc.returncode:
-        print(stderr[-2000:], file=sys.stderr)
-    return time.perf_counter() - t0, peak / 2**20, proc.returncode
 
 
 def bench(out: Path, n: int, repeat: int) -> None:
@@ -45,12 +26,12 @@ def bench(out: Path, n: int, repeat: int) -> None:
     if out.exists():
         shutil.rmtree(out)
     feedstore = [sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING"]
-    _, _, rc = run_tree([*feedstore, "generate", "--interactions", str(n), "--no-report"], env)
-    assert rc == 0, "generation failed"
+    _, _, rc, err = run_tree([*feedstore, "generate", "--interactions", str(n), "--no-report"], env)
+    assert rc == 0, f"generation failed: {err[-2000:]}"
     walls, peaks = [], []
     for _ in range(repeat):
-        wall, peak, rc = run_tree([*feedstore, "validate", "--as-of", "2026-01-01"], env)
-        assert rc == 0, "validation failed"
+        wall, peak, rc, err = run_tree([*feedstore, "validate", "--as-of", "2026-01-01"], env)
+        assert rc == 0, f"validation failed: {err[-2000:]}"
         walls.append(wall)
         peaks.append(peak)
     report = json.loads((out / "reports" / "validation" / "interactions.json").read_text())
