@@ -268,6 +268,10 @@ class SplitConfig(_Strict):
     suspicious_auc: float = Field(
         0.9, gt=0.5, le=1.0, description="`feedstore evaluate` flags a baseline AUC at or above this as likely leakage."
     )
+    batch_rows: int = Field(
+        250_000, ge=1_000, description="The builder streams get_historical_features in batches of this many "
+        "rows (gate, report and split files are fed batch by batch): memory is bounded by it, not by the rows."
+    )
 
     @model_validator(mode="after")
     def _cuts(self) -> SplitConfig:

@@ -11,13 +11,21 @@ Feast semantics kept: feature-view projections (feature subsets, renamed views, 
 `full_feature_names`, ttl (0 = unbounded), created-timestamp tie-break, on-demand views applied by the retrieval
 job (with only their input columns, not a copy of the whole table), `to_df` / `to_arrow` / `persist`.
 Guarantees: one output row per entity row, duplicates kept, in the entity dataframe's order; null where no
-feature row exists within ttl. Registered in feature_store.yaml as
+feature row exists within ttl. Entity rows may be a DataFrame or a SQL query (which stays inside DuckDB);
+`iter_batches` / `persist` stream the result batch by batch, each batch reading only the feature rows its time
+span can pick, so memory follows the batch size rather than the row count. Registered in feature_store.yaml as
 `offline_store: {type: feedstore.offline_store.AsofDuckDBOfflineStore}`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -36,25 +44,75 @@ log = logging.getLogger(__name__)
 
 _ROW = "__feedstore_row"
 #: Columns `<prefix><view>` hold the timestamp of the feature row each entity row was joined to (kept only by
-#: `to_arrow_with_feature_timestamps`, for the training-set gate: none may be later than the row's timestamp).
+#: `iter_batches(keep_feature_ts=True)`, for the training-set gate: none may be later than the row's timestamp).
 FEATURE_TS_PREFIX = "_feature_ts__"
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
-    """Same settings as Feast's duckdb offline store."""
+    """Feast's duckdb offline store settings, plus a memory bound for the point-in-time join."""
 
     type: StrictStr = "feedstore.offline_store.AsofDuckDBOfflineStore"
+    memory_limit: StrictStr | None = None
+    """DuckDB memory limit of a retrieval (e.g. "4GB"); beyond it the joins and the sort spill to `temp_directory`.
+    Default: DuckDB's (80% of RAM)."""
+    temp_directory: StrictStr | None = None
+    """Where a retrieval spills; default: a fresh directory under the system temp dir (never the current dir)."""
 
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _entity_table(entity_df: pd.DataFrame | str) -> tuple[pa.Table, str]:
-    """The entity rows as Arrow, with a UTC microsecond event timestamp and a row number; (table, ts column)."""
+@dataclass(frozen=True)
+class _EntityRows:
+    """The entity rows: an Arrow table (from a DataFrame), or a SQL query that stays inside DuckDB, so millions of
+    rows never have to exist in Python. `register` exposes them as `entity_rows` with a row number `_ROW`."""
+
+    ts_col: str
+    columns: list[str]
+    table: pa.Table | None = None
+    sql: str | None = None
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self.table is not None:
+            con.register("entity_rows", self.table)
+            return
+        # a table created from the query keeps its row order (insertion order), so rowid numbers the rows in the
+        # query's order; naive timestamps are read as UTC (the connection's time zone), as for DataFrames
+        con.execute(f"CREATE TEMP TABLE entity_source AS {self.sql}")
+        ts = _q(self.ts_col)
+        con.execute(f"CREATE TEMP VIEW entity_rows AS SELECT * REPLACE (CAST({ts} AS TIMESTAMPTZ) AS {ts}), "
+                    f"rowid AS {_q(_ROW)} FROM entity_source")
+
+    def time_range(self) -> tuple[Any, Any]:
+        if self.table is not None:
+            ts = self.table.column(self.ts_col)
+            return (pc.min(ts).as_py(), pc.max(ts).as_py()) if len(ts) else (None, None)
+        con = _connect()
+        return con.execute(f"SELECT min(CAST({_q(self.ts_col)} AS TIMESTAMPTZ)), "
+                           f"max(CAST({_q(self.ts_col)} AS TIMESTAMPTZ)) FROM ({self.sql})").fetchone()
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _entity_rows(entity_df: pd.DataFrame | str) -> _EntityRows:
+    """The entity rows with a UTC microsecond event timestamp (a DataFrame becomes Arrow; SQL stays SQL)."""
     if isinstance(entity_df, str):
-        con = duckdb.connect()
-        entity_df = con.execute(entity_df).df()
+        try:
+            described = _connect().execute(f"DESCRIBE {entity_df}").fetchall()
+        except duckdb.Error as e:
+            raise EntityDataFrameError(f"entity SQL cannot be read: {str(e).splitlines()[0]}") from None
+        types = {name: kind for name, kind, *_ in described}
+        stamps = [c for c, kind in types.items() if kind.startswith("TIMESTAMP")]
+        ts_col = "event_timestamp" if "event_timestamp" in stamps else (stamps[0] if len(stamps) == 1 else None)
+        if ts_col is None:
+            raise EntityDataFrameError(f"entity SQL needs one timestamp column (or 'event_timestamp'), has {types}")
+        return _EntityRows(ts_col, list(types), sql=entity_df)
     if not isinstance(entity_df, pd.DataFrame):
         raise TypeError(f"entity_df must be a pandas DataFrame or a SQL string, got {type(entity_df).__name__}")
     ts_col = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes, strict=True)))
@@ -66,12 +124,34 @@ def _entity_table(entity_df: pd.DataFrame | str) -> tuple[pa.Table, str]:
         ts = pc.assume_timezone(ts.cast(pa.timestamp("us")), "UTC")
     ts = ts.cast(pa.timestamp("us", tz="UTC"))
     table = table.set_column(table.schema.get_field_index(ts_col), ts_col, ts)
-    return table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64))), ts_col
+    table = table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    return _EntityRows(ts_col, list(entity_df.columns), table=table)
 
 
-def _view_sql(fv, features: list[str], full_feature_names: bool, alias: str, ts_col: str
-              ) -> tuple[str, str, list[str]]:
-    """(source subquery, ASOF join condition, select list) for one feature view projection."""
+@dataclass(frozen=True)
+class _ViewJoin:
+    """One feature view projection's part of the query: its source rows, ASOF condition and output columns."""
+
+    alias: str
+    source: str  # subquery with columns k_<key>..., __ts, f_<feature>...
+    on: str
+    select: list[str]
+    ttl_seconds: float  # 0 = unbounded
+
+    def join(self, span: tuple[Any, Any] | None) -> str:
+        """The ASOF join; with `span` (the entity rows' min and max timestamp) only feature rows that can be
+        picked are read: stamped <= max, and >= min - ttl (an older row is null anyway)."""
+        source = self.source
+        if span is not None:
+            cond = [f"__ts <= TIMESTAMPTZ '{span[1].isoformat()}'"]
+            if self.ttl_seconds:
+                cond.append(f"__ts >= TIMESTAMPTZ '{span[0].isoformat()}' - INTERVAL '{self.ttl_seconds} seconds'")
+            source = f"SELECT * FROM ({source}) WHERE {' AND '.join(cond)}"
+        return f"ASOF LEFT JOIN ({source}) {self.alias} ON {self.on}"
+
+
+def _view_sql(fv, features: list[str], full_feature_names: bool, alias: str, ts_col: str) -> _ViewJoin:
+    """The query part of one feature view projection."""
     source = fv.batch_source
     if not isinstance(source, FileSource):
         raise TypeError(f"{fv.name}: AsofDuckDBOfflineStore reads FileSource (Parquet) only")
@@ -99,19 +179,23 @@ def _view_sql(fv, features: list[str], full_feature_names: bool, alias: str, ts_
     select = [f"CASE WHEN {fresh} THEN {alias}.{_q('f_' + f)} END AS "
               f"{_q(f'{name}__{f}' if full_feature_names else f)}" for f in features]
     select.append(f"CASE WHEN {fresh} THEN {alias}.__ts END AS {_q(FEATURE_TS_PREFIX + name)}")
-    return sub, on, select
+    return _ViewJoin(alias, sub, on, select, ttl)
 
 
 class AsofRetrievalJob(RetrievalJob):
-    """Runs the ASOF query on demand; applies on-demand views column-wise."""
+    """Runs the ASOF query on demand, whole (`to_arrow`) or streamed in entity order (`iter_batches`, `persist`);
+    applies on-demand views column-wise."""
 
-    def __init__(self, query: str, entity: pa.Table, odfvs: list, full_feature_names: bool,
-                 metadata: RetrievalMetadata):
-        self._query = query
+    def __init__(self, views: list[_ViewJoin], entity: _EntityRows, odfvs: list, full_feature_names: bool,
+                 metadata: RetrievalMetadata, memory_limit: str | None = None, temp_directory: str | None = None):
+        self._views = views
+        self._query = self._sql()
         self._entity = entity
         self._odfvs = odfvs
         self._full = full_feature_names
         self._metadata = metadata
+        self._memory_limit = memory_limit
+        self._temp_directory = temp_directory
 
     @property
     def full_feature_names(self) -> bool:
@@ -125,20 +209,60 @@ class AsofRetrievalJob(RetrievalJob):
     def metadata(self) -> RetrievalMetadata:
         return self._metadata
 
-    def _to_arrow_internal(self, timeout: int | None = None, keep_feature_ts: bool = False) -> pa.Table:
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("entity_rows", self._entity)
-        table = con.sql(self._query).to_arrow_table()
-        drop = [_ROW] + ([] if keep_feature_ts else [c for c in table.column_names if c.startswith(FEATURE_TS_PREFIX)])
-        return table.drop_columns(drop)
+    @contextmanager
+    def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection with the entity rows registered; spills go to a private temp dir, removed after."""
+        con = _connect()
+        own_tmp = None if self._temp_directory else tempfile.mkdtemp(prefix="feedstore-asof-")
+        try:
+            con.execute(f"SET temp_directory = '{self._temp_directory or own_tmp}'")
+            if self._memory_limit:
+                con.execute(f"SET memory_limit = '{self._memory_limit}'")
+            self._entity.register(con)
+            yield con
+        finally:
+            con.close()
+            if own_tmp:
+                shutil.rmtree(own_tmp, ignore_errors=True)
 
-    def to_arrow_with_feature_timestamps(self) -> pa.Table:
-        """Like to_arrow, plus `_feature_ts__<view>`: the timestamp of the feature row joined (null if none)."""
-        table = self._to_arrow_internal(keep_feature_ts=True)
+    def _sql(self, rows: tuple[int, int] | None = None, span: tuple[Any, Any] | None = None) -> str:
+        """The point-in-time query over all entity rows, or over row numbers [rows) with feature rows pruned to
+        what their time `span` can pick. ORDER BY the row number restores the entity order (measured: cheaper
+        than sorting afterwards with an Arrow take, which is slow across chunks with list columns)."""
+        entity = "entity_rows" if rows is None else (
+            f"(SELECT * FROM entity_rows WHERE {_q(_ROW)} >= {rows[0]} AND {_q(_ROW)} < {rows[1]})")
+        selects = [c for v in self._views for c in v.select]
+        return (f"SELECT e.*{', ' if selects else ''}{', '.join(selects)} FROM {entity} e "
+                f"{' '.join(v.join(span) for v in self._views)} ORDER BY e.{_q(_ROW)}")
+
+    def _finish(self, table: pa.Table, keep_feature_ts: bool) -> pa.Table:
+        drop = [_ROW] + ([] if keep_feature_ts else [c for c in table.column_names if c.startswith(FEATURE_TS_PREFIX)])
+        table = table.drop_columns(drop)
         for odfv in self._odfvs:
             table = _apply_odfv(odfv, table, self._full)
         return table
+
+    def iter_batches(self, batch_rows: int = 250_000, *, keep_feature_ts: bool = False) -> Iterator[pa.Table]:
+        """The result in entity order, `batch_rows` rows at a time (the last batch may be shorter), on-demand views
+        applied. Each batch is its own query over those entity rows, reading only the feature rows their time
+        span can pick (partition and row-group pruning on the timestamp), so memory follows the batch size, not
+        the total rows; time-ordered entity rows (the training-set builder's) prune best."""
+        with self._session() as con:
+            ts, row = _q(self._entity.ts_col), _q(_ROW)
+            # fetchall, not fetchone: DuckDB refuses con.sql() while an execute() result is not fully fetched
+            n = con.execute("SELECT count(*) FROM entity_rows").fetchall()[0][0]
+            for start in range(0, n, batch_rows):
+                rows = (start, start + batch_rows)
+                lo, hi = con.execute(f"SELECT min({ts}), max({ts}) FROM entity_rows WHERE {row} >= {rows[0]} "
+                                     f"AND {row} < {rows[1]}").fetchall()[0]
+                query = self._sql(rows, None if lo is None else (lo, hi))
+                yield self._finish(con.sql(query).to_arrow_table(), keep_feature_ts)
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        """The joined features without on-demand views (Feast's base class applies them on this)."""
+        with self._session() as con:
+            table = con.sql(self._query).to_arrow_table()
+        return table.drop_columns([c for c in table.column_names if c == _ROW or c.startswith(FEATURE_TS_PREFIX)])
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -146,17 +270,14 @@ class AsofRetrievalJob(RetrievalJob):
     def to_arrow(self, validation_reference: Any = None, timeout: int | None = None) -> pa.Table:
         if validation_reference is not None:
             raise NotImplementedError("validation_reference is not supported; validate with the GX suites")
-        table = self._to_arrow_internal(timeout)
-        for odfv in self._odfvs:
-            table = _apply_odfv(odfv, table, self._full)
-        return table
+        with self._session() as con:
+            return self._finish(con.sql(self._query).to_arrow_table(), keep_feature_ts=False)
 
     def to_df(self, validation_reference: Any = None, timeout: int | None = None) -> pd.DataFrame:
         return self.to_arrow(validation_reference, timeout).to_pandas().reset_index(drop=True)
 
     def persist(self, storage, allow_overwrite: bool = False, timeout: int | None = None):
-        import os
-
+        """Stream the result into one Parquet file (bounded memory, as `iter_batches`); written aside, then renamed."""
         import pyarrow.parquet as pq
 
         if not isinstance(storage, SavedDatasetFileStorage):
@@ -166,7 +287,22 @@ class AsofRetrievalJob(RetrievalJob):
             from feast.errors import SavedDatasetLocationAlreadyExists
 
             raise SavedDatasetLocationAlreadyExists(location=path)
-        pq.write_table(self.to_arrow(timeout=timeout), path)
+        partial = f"{path}.partial-{os.getpid()}"
+        writer = None
+        try:
+            for table in self.iter_batches():
+                writer = writer or pq.ParquetWriter(partial, table.schema)
+                writer.write_table(table)
+            if writer is None:  # no entity rows: an empty file with the result's columns
+                pq.write_table(self.to_arrow(), partial)
+            else:
+                writer.close()
+            os.replace(partial, path)
+        finally:
+            if writer is not None and writer.is_open:
+                writer.close()
+            if os.path.exists(partial):
+                os.remove(partial)
 
     def to_sql(self) -> str:
         return self._query
@@ -251,34 +387,25 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     def get_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
                                 full_feature_names: bool = False, filter_by_created_timestamp: bool = False):
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
-        if isinstance(entity_df, pd.DataFrame):
-            _check_entity_columns(list(entity_df.columns), feature_views, odfvs)
-        entity, ts_col = _entity_table(entity_df)
+        entity = _entity_rows(entity_df)
+        _check_entity_columns(entity.columns, feature_views, odfvs)
+        ts_col = entity.ts_col
         by_view: dict[str, list[str]] = {}
         for ref in feature_refs:
             view, feature = ref.split(":", 1)
             by_view.setdefault(view, []).append(feature)
-        joins, selects = [], []
+        views = []
         for k, fv in enumerate(feature_views):
             features = by_view.get(fv.projection.name_to_use(), [])
-            if not features:
-                continue
-            alias = f"v{k}"
-            sub, on, select = _view_sql(fv, features, full_feature_names, alias, ts_col)
-            joins.append(f"ASOF LEFT JOIN ({sub}) {alias} ON {on}")
-            selects += select
-        # ORDER BY the row number restores the entity order (measured: cheaper than sorting afterwards with an
-        # Arrow take, which is slow across chunks with list columns)
-        query = (f"SELECT e.*{', ' if selects else ''}{', '.join(selects)} FROM entity_rows e "
-                 f"{' '.join(joins)} ORDER BY e.{_q(_ROW)}")
-        ts = entity.column(ts_col)
-        metadata = RetrievalMetadata(
-            features=feature_refs,
-            keys=[c for c in entity.column_names if c not in (ts_col, _ROW)],
-            min_event_timestamp=pc.min(ts).as_py() if len(ts) else None,
-            max_event_timestamp=pc.max(ts).as_py() if len(ts) else None,
-        )
-        return AsofRetrievalJob(query, entity, odfvs, full_feature_names, metadata)
+            if features:
+                views.append(_view_sql(fv, features, full_feature_names, f"v{k}", ts_col))
+        first, last = entity.time_range()
+        metadata = RetrievalMetadata(features=feature_refs, keys=[c for c in entity.columns if c != ts_col],
+                                     min_event_timestamp=first, max_event_timestamp=last)
+        store = config.offline_store
+        return AsofRetrievalJob(views, entity, odfvs, full_feature_names, metadata,
+                                memory_limit=getattr(store, "memory_limit", None),
+                                temp_directory=getattr(store, "temp_directory", None))
 
 
 __all__ = ["AsofDuckDBOfflineStore", "AsofDuckDBOfflineStoreConfig", "AsofRetrievalJob"]

@@ -37,35 +37,75 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | Non
 QUANTILE_SAMPLE = 200_000
 
 
-def feature_report(splits: dict[str, pd.DataFrame], features: list[str], out: Path, plots: bool = True) -> dict:
-    """Null rate, mean and std are exact; quantiles and PSI bins use a fixed sample of up to 200K rows per split."""
-    out.mkdir(parents=True, exist_ok=True)
-    stats: dict[str, dict[str, Any]] = {}
-    rng = np.random.default_rng(0)
-    for name, part in splits.items():
-        stats[name] = {}
-        idx = np.sort(rng.choice(len(part), QUANTILE_SAMPLE, replace=False)) if len(part) > QUANTILE_SAMPLE else None
-        for f in features:
-            x = part[f].to_numpy(dtype=np.float64, na_value=np.nan) if len(part) else np.empty(0)
+class FeatureSummary:
+    """Per split and feature, fed batch by batch: exact row, missing (null or NaN), mean and std counts (Chan's
+    parallel update, so batches combine exactly as one pass would up to rounding), and a fixed random sample of
+    about `QUANTILE_SAMPLE` rows per split (Bernoulli, seeded) for quantiles, PSI bins, plots and the
+    preprocessor. Memory: the sample, whatever the rows."""
+
+    def __init__(self, features: list[str], expected_rows: dict[str, int], seed: int = 0):
+        self.features = features
+        self._rate = {s: min(1.0, QUANTILE_SAMPLE / n) if n else 0.0 for s, n in expected_rows.items()}
+        self._rng = np.random.default_rng(seed)
+        k = len(features)
+        self.rows = {s: 0 for s in expected_rows}
+        self._acc = {s: np.zeros((4, k)) for s in expected_rows}  # missing, count, mean, M2
+        self._sample: dict[str, list[pd.DataFrame]] = {s: [] for s in expected_rows}
+
+    def add(self, split: str, part: pd.DataFrame) -> None:
+        if not len(part):
+            return
+        self.rows[split] += len(part)
+        acc = self._acc[split]
+        for j, f in enumerate(self.features):
+            x = part[f].to_numpy(dtype=np.float64, na_value=np.nan)
             ok = x[~np.isnan(x)]
-            q = x if idx is None else x[idx]
+            acc[0, j] += len(x) - len(ok)
+            if not len(ok):
+                continue
+            n_a, mean_a, m2_a = acc[1, j], acc[2, j], acc[3, j]
+            n_b, mean_b = len(ok), ok.mean()
+            m2_b = ((ok - mean_b) ** 2).sum()
+            n = n_a + n_b
+            delta = mean_b - mean_a
+            acc[1, j], acc[2, j] = n, mean_a + delta * n_b / n
+            acc[3, j] = m2_a + m2_b + delta * delta * n_a * n_b / n
+        keep = self._rng.random(len(part)) < self._rate[split]
+        self._sample[split].append(part.loc[keep, self.features])
+
+    def sample(self, split: str) -> pd.DataFrame:
+        parts = self._sample[split]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.features)
+
+    def stats(self, split: str, j: int) -> dict[str, float | None]:
+        missing, count, mean, m2 = self._acc[split][:, j]
+        rows = self.rows[split]
+        return {"null_rate": float(missing / rows) if rows else None, "mean": float(mean) if count else None,
+                "std": float(np.sqrt(m2 / count)) if count else None}
+
+
+def feature_report(summary: FeatureSummary, out: Path, plots: bool = True) -> dict:
+    """Null rate, mean and std are exact over every row; quantiles and PSI bins use each split's sample."""
+    out.mkdir(parents=True, exist_ok=True)
+    features = summary.features
+    samples = {name: summary.sample(name) for name in summary.rows}
+    stats: dict[str, dict[str, Any]] = {}
+    for name, sample in samples.items():
+        stats[name] = {}
+        for j, f in enumerate(features):
+            q = sample[f].to_numpy(dtype=np.float64, na_value=np.nan) if len(sample) else np.empty(0)
             q = q[~np.isnan(q)]
-            stats[name][f] = {
-                "null_rate": float(np.isnan(x).mean()) if len(x) else None,
-                "mean": float(ok.mean()) if len(ok) else None,
-                "std": float(ok.std()) if len(ok) else None,
-                "quantiles": dict(zip([f"p{int(p * 100):02d}" for p in QUANTILES],
-                                      [float(v) for v in np.quantile(q, QUANTILES)], strict=True)) if len(q) else {},
-            }
-    sampled = {n: (p.sample(QUANTILE_SAMPLE, random_state=0) if len(p) > QUANTILE_SAMPLE else p)
-               for n, p in splits.items()}
-    train = {f: sampled["train"][f].to_numpy(dtype=np.float64, na_value=np.nan) for f in features}
-    drift = {target: {f: psi(train[f], sampled[target][f].to_numpy(dtype=np.float64, na_value=np.nan))
-                      for f in features} for target in ("val", "test") if len(splits[target])}
+            stats[name][f] = {**summary.stats(name, j), "quantiles": dict(zip(
+                [f"p{int(p * 100):02d}" for p in QUANTILES], [float(v) for v in np.quantile(q, QUANTILES)],
+                strict=True)) if len(q) else {}}
+    train = {f: samples["train"][f].to_numpy(dtype=np.float64, na_value=np.nan) for f in features}
+    drift = {target: {f: psi(train[f], samples[target][f].to_numpy(dtype=np.float64, na_value=np.nan))
+                      for f in features} for target in ("val", "test") if summary.rows.get(target)}
     report = {"features": features, "stats": stats, "psi": drift,
-              "psi_guide": "< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift"}
+              "psi_guide": "< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift",
+              "sampled_rows": {n: len(s) for n, s in samples.items()}}
     write_json(report, out / "feature_report.json")
-    images = _plots(splits, features, out) if plots else []
+    images = _plots(samples, features, out) if plots else []
     _html(report, images, out / "index.html")
     worst = sorted(((v, f, t) for t, d in drift.items() for f, v in d.items() if v is not None), reverse=True)[:5]
     log.info("feature report -> %s; highest PSI: %s", out / "index.html",

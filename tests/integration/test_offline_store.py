@@ -167,3 +167,40 @@ def test_missing_entity_column_is_a_clear_error(tiny):
     stores, _, _, entities = tiny
     with pytest.raises(EntityDataFrameError, match="missing column 'item_id'"):
         _retrieve(stores["ours"], entities.drop(columns="item_id"))
+
+
+def test_sql_entity_rows_and_streamed_batches_equal_the_dataframe_result(tiny, tmp_path):
+    """Entity rows given as SQL stay in DuckDB (in the query's order); iter_batches and persist stream the same
+    rows as to_arrow, in order, at most batch_rows at a time."""
+    stores, _, _, entities = tiny
+    store = stores["ours"]
+    service = store.get_feature_service("svc")
+    path = tmp_path / "entities.parquet"
+    pq.write_table(pa.Table.from_pandas(entities, preserve_index=False), path)
+    want = _retrieve(store, entities.sort_values("row_tag", ascending=False)).reset_index(drop=True)
+    sql = f"SELECT * FROM read_parquet('{path}') ORDER BY row_tag DESC"
+    job = store.get_historical_features(entity_df=sql, features=service)
+    got = job.to_df()
+    assert got.row_tag.tolist() == want.row_tag.tolist()
+    pd.testing.assert_frame_equal(got[want.columns].reset_index(drop=True), want, check_dtype=False)
+    assert job.metadata.min_event_timestamp == entities.event_timestamp.min()
+
+    batches = list(job.iter_batches(batch_rows=37))
+    assert [b.num_rows for b in batches[:-1]] == [37] * (len(batches) - 1) and 0 < batches[-1].num_rows <= 37
+    streamed = pa.concat_tables(batches).to_pandas()
+    pd.testing.assert_frame_equal(streamed[want.columns], want, check_dtype=False)
+
+    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+
+    job.persist(SavedDatasetFileStorage(path=str(tmp_path / "saved.parquet")))
+    saved = pd.read_parquet(tmp_path / "saved.parquet")
+    pd.testing.assert_frame_equal(saved[want.columns], want, check_dtype=False)
+    assert not list(tmp_path.glob("saved.parquet.partial-*"))
+
+
+def test_entity_sql_without_a_timestamp_is_a_clear_error(tiny):
+    stores, _, _, _ = tiny
+    store = stores["ours"]
+    with pytest.raises(EntityDataFrameError, match="one timestamp column"):
+        store.get_historical_features(entity_df="SELECT 1 AS user_id, 2 AS item_id",
+                                      features=store.get_feature_service("svc"))

@@ -90,6 +90,28 @@ def test_same_inputs_same_version(built):
     assert again.version == res.version and again.path == res.path
 
 
+def test_streaming_in_small_batches_builds_the_same_set(built):
+    """The builder streams get_historical_features in `splits.batch_rows` batches: 15 batches give the same
+    split files, manifest and report as one."""
+    cfg, res = built
+    assert res.manifest["entity_rows"] > 10_000  # one batch at the default size
+    small = cfg.model_copy(update={"splits": cfg.splits.model_copy(update={"batch_rows": 1_000})})
+    again = build_training_set(small, online_store="sqlite", version="batched", report_plots=False)
+    for name in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(pd.read_parquet(again.path / f"{name}.parquet"),
+                                      pd.read_parquet(res.path / f"{name}.parquet"))
+    for key in ("fingerprint", "rows", "cuts", "splits", "features", "numeric_features", "entity_rows"):
+        assert again.manifest[key] == res.manifest[key], key
+    one, many = (json.loads((r.path / "report" / "feature_report.json").read_text()) for r in (res, again))
+    assert many["psi"] == one["psi"]
+    for split, features in one["stats"].items():
+        for f, want in features.items():
+            got = many["stats"][split][f]
+            assert got["null_rate"] == want["null_rate"] and got["quantiles"] == want["quantiles"], (split, f)
+            for k in ("mean", "std"):
+                assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), (split, f, k)
+
+
 def test_baseline_shows_signal_and_the_leakage_alarm_fires(built):
     cfg, res = built
     result = evaluate_training_set(cfg, res.path)
@@ -106,6 +128,32 @@ def test_baseline_shows_signal_and_the_leakage_alarm_fires(built):
     assert leaky["val"]["auc"] > result["val"]["auc"] + 0.2
 
 
+def test_gate_catches_a_future_feature_row_and_a_bad_label_naming_split_and_day(built, tmp_path):
+    from feedstore.quality import ValidationFailed
+    from training_data.validation import TrainingSetGate
+
+    cfg, _ = built
+    ts = pd.to_datetime(["2024-03-01 10:00", "2024-03-01 11:00", "2024-03-02 09:00"], utc=True)
+    table = pa.table({
+        "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        "click": [0, 1, 2], "like": [0, 0, 0], "share": [0, 0, 0], "dwell_time": [0.0, 3.5, 1.0],
+        "user_clicks_7d": [1, 2, 3],
+        "_feature_ts__user_daily_stats": pa.array(pd.to_datetime(["2024-03-01", "2024-03-02", "2024-03-02"], utc=True),
+                                                  pa.timestamp("us", tz="UTC")),
+    })
+    gate = TrainingSetGate(cfg, ["user_clicks_7d"])
+    gate.add(table.slice(0, 2), np.array(["train", "train"], dtype=object))  # two batches, as the builder feeds it
+    gate.add(table.slice(2), np.array(["val"], dtype=object))
+    with pytest.raises(ValidationFailed) as err:
+        gate.finish(tmp_path / "docs")
+    msg = str(err.value)
+    assert "no_future_feature_row_user_daily_stats" in msg and "'train'" in msg and "2024-03-01" in msg
+    assert "click_is_binary" in msg and "2024-03-02" in msg
+    ok = TrainingSetGate(cfg, ["user_clicks_7d"])
+    ok.add(table.slice(0, 1), np.array(["train"], dtype=object))
+    ok.finish(tmp_path / "docs")  # a clean set passes
+
+
 def test_wrong_feature_service_is_a_clear_error(built, monkeypatch):
     cfg, _ = built
     monkeypatch.setattr(ts_mod, "FEATURE_SERVICE", "no_such_service")
@@ -115,9 +163,9 @@ def test_wrong_feature_service_is_a_clear_error(built, monkeypatch):
 
 def test_entity_rows_missing_a_column_is_a_clear_error(built, monkeypatch):
     cfg, _ = built
-    original = ts_mod.entity_rows
-    monkeypatch.setattr(ts_mod, "entity_rows", lambda *a, **k: original(*a, **k).drop(columns="device"))
-    with pytest.raises(FeedstoreError, match="get_historical_features: .*device.* not found in the entity"):
+    original = ts_mod.entity_query
+    monkeypatch.setattr(ts_mod, "entity_query", lambda *a, **k: f"SELECT * EXCLUDE (device) FROM ({original(*a, **k)})")
+    with pytest.raises(FeedstoreError, match="get_historical_features: .*missing column 'device'"):
         build_training_set(cfg, online_store="sqlite")
 
 
