@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ from feedstore.io import write_json
 log = logging.getLogger(__name__)
 
 
-def evaluate_frames(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, features: list[str],
-                    preprocessor=None, max_train_rows: int = 300_000, seed: int = 0) -> dict:
+def evaluate_frames(train: pd.DataFrame, val: pd.DataFrame | Iterable[pd.DataFrame],
+                    test: pd.DataFrame | Iterable[pd.DataFrame], features: list[str], preprocessor=None,
+                    max_train_rows: int = 300_000, seed: int = 0) -> dict:
     """Logistic regression on train only (after `preprocessor`, fitted on train; a fresh imputer + scaler fitted
-    on train if none is given); AUC and log loss on val and test."""
+    on train if none is given); AUC and log loss on val and test, which may be frames or streams of frames
+    (scored chunk by chunk: only labels and scores are kept)."""
     from sklearn.base import clone
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -40,24 +43,47 @@ def evaluate_frames(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
     model.fit(x(train), train["click"].to_numpy())
     out = {"model": "logistic regression on the train-fitted imputer + scaler", "train_rows": int(len(train)),
            "features": len(features)}
-    for name, part in (("val", val), ("test", test)):
-        if len(part) and part["click"].nunique() == 2:
-            p = model.predict_proba(x(part))[:, 1]
-            out[name] = {"auc": float(roc_auc_score(part["click"], p)), "log_loss": float(log_loss(part["click"], p)),
-                         "rows": int(len(part)), "ctr": float(part["click"].mean())}
+    for name, parts in (("val", val), ("test", test)):
+        labels, scores = [], []
+        for part in [parts] if isinstance(parts, pd.DataFrame) else parts:
+            if len(part):
+                labels.append(part["click"].to_numpy())
+                scores.append(model.predict_proba(x(part))[:, 1])
+        y = np.concatenate(labels) if labels else np.empty(0)
+        if len(np.unique(y)) == 2:
+            p = np.concatenate(scores)
+            out[name] = {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, p)),
+                         "rows": int(len(y)), "ctr": float(y.mean())}
     return out
 
 
-def evaluate_training_set(cfg: PipelineConfig, path: Path) -> dict:
-    """Evaluate a built training set and record the result in its manifest."""
+def _batches(path: Path, columns: list[str], batch_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        yield batch.to_pandas()
+
+
+def evaluate_training_set(cfg: PipelineConfig, path: Path, max_train_rows: int = 300_000) -> dict:
+    """Evaluate a built training set and record the result in its manifest. Streams the split files (only the
+    numeric features and the label): train is sampled on the way in (~`max_train_rows` rows, seeded), val and
+    test are scored batch by batch, so memory does not grow with the set."""
+    import joblib
+    import pyarrow.parquet as pq
+
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
-    splits = {n: pd.read_parquet(path / f"{n}.parquet") for n in ("train", "val", "test")}
-    import joblib
-
+    columns = [*manifest["numeric_features"], "click"]
+    batch_rows = cfg.splits.batch_rows
+    n_train = pq.ParquetFile(path / "train.parquet").metadata.num_rows
+    keep = min(1.0, max_train_rows / n_train) if n_train else 1.0
+    rng = np.random.default_rng(0)
+    train = pd.concat([b[rng.random(len(b)) < keep] for b in _batches(path / "train.parquet", columns, batch_rows)]
+                      or [pd.DataFrame(columns=columns)], ignore_index=True)
     preprocessor = joblib.load(path / "preprocessor.joblib")  # fitted on train only, at build time
-    result = evaluate_frames(splits["train"], splits["val"], splits["test"], manifest["numeric_features"],
-                             preprocessor=preprocessor)
+    result = evaluate_frames(train, _batches(path / "val.parquet", columns, batch_rows),
+                             _batches(path / "test.parquet", columns, batch_rows), manifest["numeric_features"],
+                             preprocessor=preprocessor, max_train_rows=max_train_rows)
     aucs = [result[s]["auc"] for s in ("val", "test") if s in result]
     result["suspicious_auc_threshold"] = cfg.splits.suspicious_auc
     result["leakage_suspected"] = bool(aucs and max(aucs) >= cfg.splits.suspicious_auc)
