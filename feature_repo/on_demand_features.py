@@ -33,7 +33,8 @@ def request_context(inputs: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    ts = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True))
+    # cache=False: pandas' cache of unique values costs ~0.5 ms per call at ranking sizes (100 rows)
+    ts = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True, cache=False))
     device = np.asarray(inputs["device"], dtype=object)
     out = {
         "hour_of_day": ts.hour.to_numpy(dtype=np.int64).tolist(),
@@ -63,10 +64,10 @@ def user_item_context(inputs: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    now = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True))
+    now = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True, cache=False))
 
     def days_since(key: str) -> list:
-        then = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs[key]), utc=True, errors="coerce"))
+        then = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs[key]), utc=True, errors="coerce", cache=False))
         return ((now - then).total_seconds() / 86400.0).to_numpy(dtype=np.float64).tolist()
 
     affinity = inputs["user_category_affinity"]

@@ -25,3 +25,13 @@ def configure_logging(level: str = "INFO") -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ibis|great_expectations)(\.|$)")
     warnings.filterwarnings("ignore", message=r"module 'sre_(constants|parse)' is deprecated")
     logging.getLogger("feast.repo_config").setLevel(logging.ERROR)
+    # libraries reset the warning filters on import (GX's sre_* deprecations still came through): drop captured
+    # DeprecationWarnings at the logger too; they are not actionable for a user of the CLI
+    warnings_log = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _DropDeprecations) for f in warnings_log.filters):
+        warnings_log.addFilter(_DropDeprecations())
+
+
+class _DropDeprecations(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DeprecationWarning" not in record.getMessage()

@@ -366,17 +366,42 @@ class OnlineRanker:
                         out[v["features"][j]] = [decoded[t * len(idx) + c] for t in take]
             out[f"{v['name']}_age_seconds"] = np.where(live, age, np.nan)[take]
         for name in [k for k, kind in _timestamp_columns(self.views)]:
-            out[name] = pd.to_datetime(out[name], unit="s", utc=True)
-        request = {"request_ts": [context.request_ts] * n, "device": [context.device] * n}
+            out[name] = _seconds_to_datetime(out[name])
+        # the UDFs get what the offline store gives them: datetime columns (not lists of datetime objects, which
+        # pandas parses one by one) and equal-length list features as one 2-D float matrix
+        inputs = {**out, **{k: _as_matrix(v) for k, v in out.items() if isinstance(v, list)},
+                  "request_ts": pd.Series(pd.DatetimeIndex([context.request_ts] * n).tz_convert("UTC")),
+                  "device": [context.device] * n}
         for udf, names in self.odfvs:
-            result = udf({**out, **request})
+            result = udf(inputs)
             for name in names:
                 out[name] = np.asarray(result[name], dtype=np.float64)
-        frame = pd.DataFrame(out)
-        frame["user_missing"] = frame[USER_SENTINEL].isna()
-        frame["item_missing"] = frame[ITEM_SENTINEL].isna()
-        frame["user_item_missing"] = frame[PAIR_SENTINEL].isna()
-        return frame
+        for flag, sentinel in (("user_missing", USER_SENTINEL), ("item_missing", ITEM_SENTINEL),
+                               ("user_item_missing", PAIR_SENTINEL)):
+            out[flag] = pd.isna(out[sentinel])
+        return pd.DataFrame(out)
+
+
+def _seconds_to_datetime(seconds: np.ndarray) -> pd.DatetimeIndex:
+    """Epoch seconds (NaN = missing) as UTC nanosecond datetimes: pd.to_datetime(unit="s", utc=True), without its
+    per-call cache of unique values (0.6 ms for 100 values)."""
+    missing = np.isnan(seconds)
+    ns = np.where(missing, 0, np.round(seconds * 1e9)).astype(np.int64)
+    ns[missing] = np.iinfo(np.int64).min  # NaT
+    return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
+
+
+def _as_matrix(values: list) -> np.ndarray | list:
+    """Equal-length numeric lists (None = missing) as a 2-D float array with NaN rows; anything else unchanged."""
+    lengths = {len(v) for v in values if v is not None}
+    if len(lengths) != 1:
+        return values
+    width = lengths.pop()
+    matrix = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):  # one row per candidate, at most a few hundred
+        if v is not None:
+            matrix[i] = v
+    return matrix
 
 
 def _kind(dtype: str) -> str:
