@@ -108,8 +108,7 @@ def feature_report(summary: FeatureSummary, out: Path, plots: bool = True) -> di
     images = _plots(samples, features, out) if plots else []
     _html(report, images, out / "index.html")
     worst = sorted(((v, f, t) for t, d in drift.items() for f, v in d.items() if v is not None), reverse=True)[:5]
-    log.info("feature report -> %s; highest PSI: %s", out / "index.html",
-             ", ".join(f"{f} ({t}) {v:.3f}" for v, f, t in worst))
+    log.info("feature report: highest PSI %s", ", ".join(f"{f} ({t}) {v:.3f}" for v, f, t in worst))
     return report
 
 

@@ -260,9 +260,9 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
         for w in writers.values():
             w.close()
         shutil.rmtree(stage, ignore_errors=True)
-    log.info("training set %s: %s -> %s in %.1f s (get_historical_features %.1f s)", version,
+    log.info("training set %s: %s -> %s in %.1f s (get_historical_features %.1f s); report %s", version,
              ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()), out, time.perf_counter() - t0,
-             retrieval_s)
+             retrieval_s, out / "report" / "index.html")
     for name, s in manifest["splits"].items():
         log.info("  %-5s %s .. %s  CTR %.4f", name, s["min_event_timestamp"], s["max_event_timestamp"], s["ctr"] or 0)
     return TrainingSetResult(out, version, manifest["rows"], manifest)
