@@ -214,7 +214,8 @@ def main() -> None:
                     time.sleep(0.2)
             session = requests.Session()
             lat = []
-            for k, (u, its) in enumerate(zip(users, items, strict=True)):
+            requests_ = list(zip(users, items, strict=True))
+            for k, (u, its) in enumerate(requests_[:20] + requests_):  # 20 warm-up requests, then all of them
                 body = {"feature_service": "feed_ranking_v1",
                         "entities": {"user_id": [int(u)] * 100, "item_id": its,
                                      "request_ts": [int(ctx.request_ts.timestamp())] * 100, "device": ["mobile"] * 100}}
