@@ -209,12 +209,15 @@ def quarantine_mask(n: int, outcomes: list[RuleOutcome]) -> tuple[np.ndarray, np
     return bad, labels[inverse] if len(uniq) else np.empty(0, dtype=object), counts
 
 
-def _quarantine_table(table: pa.Table, bad: np.ndarray, reasons: np.ndarray, source: str) -> pa.Table:
+def _quarantine_table(table: pa.Table, bad: np.ndarray, reasons: np.ndarray, files: np.ndarray,
+                      rows: np.ndarray) -> pa.Table:
+    """The bad rows of `table` with why (`_reason`, one per bad row) and where each came from: `files` and `rows`
+    give the source file and row number of every row of `table`."""
     idx = np.flatnonzero(bad)
     return (table.take(pa.array(idx))
             .append_column("_reason", pa.array(reasons.tolist(), pa.string()))
-            .append_column("_source_file", pa.array([source] * len(idx), pa.string()))
-            .append_column("_source_row", pa.array(idx)))
+            .append_column("_source_file", pa.array(np.asarray(files, dtype=object)[idx].tolist(), pa.string()))
+            .append_column("_source_row", pa.array(np.asarray(rows, dtype=np.int64)[idx])))
 
 
 def schema_types(schema: pa.Schema) -> dict[str, str]:
@@ -247,7 +250,8 @@ def _validate_entity(runner: GXRunner, cfg: PipelineConfig, name: str, path: Pat
     clean = table.filter(pa.array(~bad))
     write_parquet(clean, stage / "validated" / f"{name}.parquet")
     if bad.any():
-        q = _quarantine_table(table, bad, reasons, str(path))
+        q = _quarantine_table(table, bad, reasons, np.full(table.num_rows, str(path), dtype=object),
+                              np.arange(table.num_rows))
         write_parquet(q, stage / "quarantine" / f"{name}.parquet")
     return res, clean
 
@@ -443,15 +447,12 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
         for r, c in counts.items():
             res.by_reason[r] = res.by_reason.get(r, 0) + c
         res.add(outcomes, n)
-        # per-row source file and row number, for the quarantined rows only
-        file_no = np.repeat(np.arange(len(spans)), [s[3] for s in spans])
+        # each row's source file and row number within it (the chunk concatenates the partitions' files)
+        names = np.array([str(s[1]) for s in spans], dtype=object)
+        files = np.repeat(names, [s[3] for s in spans])
         row_no = np.arange(n) - np.repeat([s[2] for s in spans], [s[3] for s in spans])
         bad_idx = np.flatnonzero(bad)
-        names = np.array([str(s[1]) for s in spans], dtype=object)
-        quarantined = table.take(pa.array(bad_idx)).append_column(
-            "_reason", pa.array(reasons.tolist(), pa.string())).append_column(
-            "_source_file", pa.array(names[file_no[bad_idx]].tolist(), pa.string())).append_column(
-            "_source_row", pa.array(row_no[bad_idx]))
+        quarantined = _quarantine_table(table, bad, reasons, files, row_no)
         q_day = np.repeat([s[0] for s in spans], [s[3] for s in spans])[bad_idx] if len(bad_idx) else []
         clicks = df["click"].to_numpy(dtype=np.float64, na_value=np.nan)
         likes = df["like"].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -72,6 +72,17 @@ def test_clean_data_passes_with_nothing_quarantined(clean_copy):
     assert rules["ctr_in_range"]["observed_value"] == pytest.approx(ev.click.mean())
 
 
+def test_a_bad_entity_row_is_quarantined_with_its_source(clean_copy):
+    path = clean_copy / "raw" / "users.parquet"
+    users = pq.read_table(path).to_pandas()
+    users.loc[7, "segment"] = "bogus"
+    pq.write_table(pa.Table.from_pandas(users, preserve_index=False), path)
+    validate_raw(make_config(clean_copy), as_of=AS_OF)
+    q = pd.read_parquet(clean_copy / "quarantine" / "users.parquet")
+    assert q["user_id"].tolist() == [users.user_id[7]] and q["_reason"].tolist() == ["unknown_segment"]
+    assert q["_source_file"].tolist() == [str(path)] and q["_source_row"].tolist() == [7]
+
+
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("faulty")
