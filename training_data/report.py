@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feedstore.io import write_json
 
@@ -37,6 +38,13 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | Non
 QUANTILE_SAMPLE = 200_000
 
 
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64 with NaN for null (what pandas' to_numpy(float, na_value=nan) gives)."""
+    if pa.types.is_boolean(col.type):
+        col = col.cast(pa.int8())
+    return col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+
 class FeatureSummary:
     """Per split and feature, fed batch by batch: exact row, missing (null or NaN), mean and std counts (Chan's
     parallel update, so batches combine exactly as one pass would up to rounding), and a fixed random sample of
@@ -50,15 +58,16 @@ class FeatureSummary:
         k = len(features)
         self.rows = {s: 0 for s in expected_rows}
         self._acc = {s: np.zeros((4, k)) for s in expected_rows}  # missing, count, mean, M2
-        self._sample: dict[str, list[pd.DataFrame]] = {s: [] for s in expected_rows}
+        self._sample: dict[str, list[pa.Table]] = {s: [] for s in expected_rows}
 
-    def add(self, split: str, part: pd.DataFrame) -> None:
-        if not len(part):
+    def add(self, split: str, part: pa.Table) -> None:
+        """Fold one batch's rows of `split` in (Arrow in: one column at a time becomes numpy, never the batch)."""
+        if not part.num_rows:
             return
-        self.rows[split] += len(part)
+        self.rows[split] += part.num_rows
         acc = self._acc[split]
         for j, f in enumerate(self.features):
-            x = part[f].to_numpy(dtype=np.float64, na_value=np.nan)
+            x = _floats(part.column(f))
             ok = x[~np.isnan(x)]
             acc[0, j] += len(x) - len(ok)
             if not len(ok):
@@ -70,12 +79,12 @@ class FeatureSummary:
             delta = mean_b - mean_a
             acc[1, j], acc[2, j] = n, mean_a + delta * n_b / n
             acc[3, j] = m2_a + m2_b + delta * delta * n_a * n_b / n
-        keep = self._rng.random(len(part)) < self._rate[split]
-        self._sample[split].append(part.loc[keep, self.features])
+        keep = self._rng.random(part.num_rows) < self._rate[split]
+        self._sample[split].append(part.select(self.features).filter(pa.array(keep)))
 
     def sample(self, split: str) -> pd.DataFrame:
         parts = self._sample[split]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.features)
+        return pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=self.features)
 
     def stats(self, split: str, j: int) -> dict[str, float | None]:
         missing, count, mean, m2 = self._acc[split][:, j]

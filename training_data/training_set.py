@@ -213,7 +213,6 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 summary = FeatureSummary(numeric, {n: int(expected[n]) for n in SPLITS})
                 gate = TrainingSetGate(cfg, features)
             gate.add(table, label)
-            frame = public.select(["event_timestamp", "click", "like", *numeric]).to_pandas()
             for name in SPLITS:
                 mask = label == name
                 if not mask.any():
@@ -222,9 +221,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(stage / f"{name}.parquet", public.schema, **PARQUET_OPTIONS)
                 writers[name].write_table(part)
-                rows = frame[mask]
-                summary.add(name, rows)
-                _add_totals(totals[name], rows)
+                summary.add(name, part)
+                _add_totals(totals[name], part)
         if rows_out != len(us):
             raise FeedstoreError(f"get_historical_features returned {rows_out} rows for {len(us)} entity rows")
         gate.finish(Path(cfg.data_dir) / "reports" / "data_docs")
@@ -272,13 +270,15 @@ def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _add_totals(acc: dict[str, Any], rows: pd.DataFrame) -> None:
-    acc["rows"] += len(rows)
-    lo, hi = rows.event_timestamp.min(), rows.event_timestamp.max()
+def _add_totals(acc: dict[str, Any], part: pa.Table) -> None:
+    import pyarrow.compute as pc
+
+    acc["rows"] += part.num_rows
+    lo, hi = (v.as_py() for v in pc.min_max(part.column("event_timestamp")).values())
     acc["min"] = lo if acc["min"] is None else min(acc["min"], lo)
     acc["max"] = hi if acc["max"] is None else max(acc["max"], hi)
-    acc["click"] += int(rows.click.sum())
-    acc["like"] += int(rows["like"].sum())
+    acc["click"] += int(pc.sum(part.column("click")).as_py() or 0)
+    acc["like"] += int(pc.sum(part.column("like")).as_py() or 0)
 
 
 def _split_summary(acc: dict[str, Any]) -> dict[str, Any]:
