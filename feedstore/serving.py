@@ -398,9 +398,12 @@ def _as_matrix(values: list) -> np.ndarray | list:
         return values
     width = lengths.pop()
     matrix = np.full((len(values), width), np.nan)
-    for i, v in enumerate(values):  # one row per candidate, at most a few hundred
-        if v is not None:
-            matrix[i] = v
+    try:
+        for i, v in enumerate(values):  # one row per candidate, at most a few hundred
+            if v is not None:
+                matrix[i] = v
+    except (TypeError, ValueError):  # not numbers (e.g. a string list): the UDF gets the lists as they are
+        return values
     return matrix
 
 
