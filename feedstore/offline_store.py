@@ -40,6 +40,8 @@ from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_
 from feast.on_demand_feature_view import OnDemandFeatureView
 from pydantic import StrictStr
 
+from feedstore import duck
+
 log = logging.getLogger(__name__)
 
 _ROW = "__feedstore_row"
@@ -88,23 +90,16 @@ class _EntityRows:
         if self.table is not None:
             ts = self.table.column(self.ts_col)
             return (pc.min(ts).as_py(), pc.max(ts).as_py()) if len(ts) else (None, None)
-        con = _connect()
+        con = duck.connect()
         return con.execute(f"SELECT min(CAST({_q(self.ts_col)} AS TIMESTAMPTZ)), "
                            f"max(CAST({_q(self.ts_col)} AS TIMESTAMPTZ)) FROM ({self.sql})").fetchone()
-
-
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    return con
 
 
 def _entity_rows(entity_df: pd.DataFrame | str) -> _EntityRows:
     """The entity rows with a UTC microsecond event timestamp (a DataFrame becomes Arrow; SQL stays SQL)."""
     if isinstance(entity_df, str):
         try:
-            described = _connect().execute(f"DESCRIBE {entity_df}").fetchall()
+            described = duck.connect().execute(f"DESCRIBE {entity_df}").fetchall()
         except duckdb.Error as e:
             raise EntityDataFrameError(f"entity SQL cannot be read: {str(e).splitlines()[0]}") from None
         types = {name: kind for name, kind, *_ in described}
@@ -212,7 +207,7 @@ class AsofRetrievalJob(RetrievalJob):
     @contextmanager
     def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A DuckDB connection with the entity rows registered; spills go to a private temp dir, removed after."""
-        con = _connect()
+        con = duck.connect()
         own_tmp = None if self._temp_directory else tempfile.mkdtemp(prefix="feedstore-asof-")
         try:
             con.execute(f"SET temp_directory = '{self._temp_directory or own_tmp}'")

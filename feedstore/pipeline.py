@@ -147,10 +147,10 @@ def generate_events(
 
 def sample_request(cfg: PipelineConfig, candidates: int = 5) -> dict:
     """A realistic request for the demo lookup: the most active user of the last day and its items."""
-    import duckdb
+    from feedstore import duck
 
     glob = f"{cfg.data_dir.resolve()}/validated/interactions/**/*.parquet"
-    con = duckdb.connect()
+    con = duck.connect()
     user, device = con.execute(f"""
         SELECT user_id, mode(device) FROM read_parquet('{glob}', hive_partitioning = false)
         WHERE event_timestamp >= (SELECT max(event_timestamp) - INTERVAL 1 DAY

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 
+from feedstore import duck
 from feedstore.config import GenerationConfig
 from feedstore.io import write_json
 from ingestion.schemas import interactions_dir, items_path, realism_report_path, users_path
@@ -42,8 +42,7 @@ def _cmp(pattern: str, metric: str, value: float, op: str, ref: float) -> Check:
 
 def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
     """Measure every pattern on the files under `<data_dir>/raw/`."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duck.connect()
     glob = str(interactions_dir(data_dir) / "**" / "*.parquet")
     con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet('{glob}', hive_partitioning = false)")
     con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{users_path(data_dir)}')")

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedstore import duck
 from feedstore.config import PipelineConfig
 from feedstore.errors import InputDataError
 from feedstore.io import replace_dir
@@ -284,10 +285,7 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     windows = f.windows_days
     n_cat = cfg.generation.preferences.categories
     workers = os.cpu_count() or 1
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    con.execute(f"SET threads = {workers}")
+    con = duck.connect(threads=workers)
     glob = str(inter / "**" / "*.parquet")
     try:
         first, last = con.execute(

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import duckdb
-
+from feedstore import duck
 from feedstore.config import PipelineConfig
 from feedstore.quality import TABLE, GXRunner, ValidationFailed, expectation, suite, summary_table
 from ingestion.stats import COUNTS, ITEM_VIEW, USER_ITEM_VIEW, USER_VIEW, window_names
@@ -121,9 +120,7 @@ def validate_stats(cfg: PipelineConfig, stage: Path, days: list[str], only_days:
     Range checks on two-sided quantities (affinity sum and length, category) keep both the min and the max.
     """
     runner = GXRunner(docs_dir=Path(cfg.data_dir) / "reports" / "data_docs")
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    con = duck.connect()
     failures = []
     for view, (select, rules) in check_views(cfg).items():
         files = sorted((stage / view).rglob("*.parquet"))

@@ -22,12 +22,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedstore import duck
 from feedstore.config import PipelineConfig
 from feedstore.errors import InputDataError
 from feedstore.io import replace_dir, write_json, write_parquet
@@ -261,8 +261,7 @@ def _validate_entity(runner: GXRunner, cfg: PipelineConfig, name: str, path: Pat
 
 def _non_first_rows(files: list[Path]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Across all files: rows that repeat an earlier interaction_id / (user, item, timestamp), per file path."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duck.connect()
     src = "read_parquet($files, filename = true, file_row_number = true)"
     params = {"files": [str(f) for f in files]}
 

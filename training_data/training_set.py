@@ -34,11 +34,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from feedstore import duck
 from feedstore.config import PipelineConfig
 from feedstore.errors import FeedstoreError, InputDataError
 from feedstore.io import PARQUET_OPTIONS, replace_dir, write_json
@@ -76,9 +76,7 @@ def entity_query(cfg: PipelineConfig, start=None, end=None) -> str:
 
 def entity_timestamps(query: str) -> np.ndarray:
     """The entity rows' event timestamps as int64 UTC microseconds (8 bytes a row: for the split cuts)."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    us = con.execute(f"SELECT epoch_us(event_timestamp) AS us FROM ({query})").fetchnumpy()["us"]
+    us = duck.connect().execute(f"SELECT epoch_us(event_timestamp) AS us FROM ({query})").fetchnumpy()["us"]
     return np.asarray(us, dtype=np.int64)
 
 
