@@ -182,13 +182,14 @@ class AsofRetrievalJob(RetrievalJob):
     applies on-demand views column-wise."""
 
     def __init__(self, views: list[_ViewJoin], entity: _EntityRows, odfvs: list, full_feature_names: bool,
-                 metadata: RetrievalMetadata, memory_limit: str | None = None, temp_directory: str | None = None):
+                 feature_refs: list[str], memory_limit: str | None = None, temp_directory: str | None = None):
         self._views = views
         self._query = self._sql()
         self._entity = entity
         self._odfvs = odfvs
         self._full = full_feature_names
-        self._metadata = metadata
+        self._feature_refs = feature_refs
+        self._metadata: RetrievalMetadata | None = None
         self._memory_limit = memory_limit
         self._temp_directory = temp_directory
 
@@ -202,6 +203,12 @@ class AsofRetrievalJob(RetrievalJob):
 
     @property
     def metadata(self) -> RetrievalMetadata:
+        """Computed when first asked for: for SQL entity rows it runs the query once more (a scan of all rows)."""
+        if self._metadata is None:
+            first, last = self._entity.time_range()
+            self._metadata = RetrievalMetadata(
+                features=self._feature_refs, keys=[c for c in self._entity.columns if c != self._entity.ts_col],
+                min_event_timestamp=first, max_event_timestamp=last)
         return self._metadata
 
     @contextmanager
@@ -394,11 +401,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             features = by_view.get(fv.projection.name_to_use(), [])
             if features:
                 views.append(_view_sql(fv, features, full_feature_names, f"v{k}", ts_col))
-        first, last = entity.time_range()
-        metadata = RetrievalMetadata(features=feature_refs, keys=[c for c in entity.columns if c != ts_col],
-                                     min_event_timestamp=first, max_event_timestamp=last)
         store = config.offline_store
-        return AsofRetrievalJob(views, entity, odfvs, full_feature_names, metadata,
+        return AsofRetrievalJob(views, entity, odfvs, full_feature_names, feature_refs,
                                 memory_limit=getattr(store, "memory_limit", None),
                                 temp_directory=getattr(store, "temp_directory", None))
 
