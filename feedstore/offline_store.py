@@ -310,11 +310,13 @@ class AsofRetrievalJob(RetrievalJob):
         return self._query
 
 
-def _column_input(table: pa.Table, name: str) -> Any:
-    """A column as the UDFs' vectorized input: 2-D float array for equal-length lists, else a pandas Series."""
-    col = table.column(name)
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+def udf_input(col: pa.Array | pa.ChunkedArray) -> Any:
+    """A column as the UDFs' vectorized input, online and offline alike: a 2-D float array (NaN rows = missing)
+    for equal-length numeric lists, else a pandas Series."""
+    if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
+    if (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) and (
+            pa.types.is_integer(col.type.value_type) or pa.types.is_floating(col.type.value_type)):
         valid = np.asarray(col.is_valid())
         lengths = pc.list_value_length(col).fill_null(0).to_numpy()
         width = int(lengths.max()) if len(col) else 0
@@ -335,7 +337,7 @@ class _LazyInputs(dict):
     def __missing__(self, key: str) -> Any:
         if key not in self._columns:
             raise KeyError(key)
-        value = self[key] = _column_input(self._table, self._columns[key])
+        value = self[key] = udf_input(self._table.column(self._columns[key]))
         return value
 
     def __contains__(self, key: object) -> bool:

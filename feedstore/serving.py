@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feedstore.config import DEVICES, PipelineConfig
 from feedstore.errors import FeedstoreError
@@ -368,8 +369,8 @@ class OnlineRanker:
         for name in [k for k, kind in _timestamp_columns(self.views)]:
             out[name] = _seconds_to_datetime(out[name])
         # the UDFs get what the offline store gives them: datetime columns (not lists of datetime objects, which
-        # pandas parses one by one) and equal-length list features as one 2-D float matrix
-        inputs = {**out, **{k: _as_matrix(v) for k, v in out.items() if isinstance(v, list)},
+        # pandas parses one by one) and list features converted by the same `udf_input`
+        inputs = {**out, **{k: _udf_input(v) for k, v in out.items() if isinstance(v, list)},
                   "request_ts": pd.Series(pd.DatetimeIndex([context.request_ts] * n).tz_convert("UTC")),
                   "device": [context.device] * n}
         for udf, names in self.odfvs:
@@ -391,20 +392,14 @@ def _seconds_to_datetime(seconds: np.ndarray) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
 
 
-def _as_matrix(values: list) -> np.ndarray | list:
-    """Equal-length numeric lists (None = missing) as a 2-D float array with NaN rows; anything else unchanged."""
-    lengths = {len(v) for v in values if v is not None}
-    if len(lengths) != 1:
-        return values
-    width = lengths.pop()
-    matrix = np.full((len(values), width), np.nan)
+def _udf_input(values: list) -> Any:
+    """A list-valued feature for the UDFs, converted as the offline store converts it (`udf_input`)."""
+    from feedstore.offline_store import udf_input
+
     try:
-        for i, v in enumerate(values):  # one row per candidate, at most a few hundred
-            if v is not None:
-                matrix[i] = v
-    except (TypeError, ValueError):  # not numbers (e.g. a string list): the UDF gets the lists as they are
+        return udf_input(pa.array(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # values Arrow cannot type: the UDF gets them as they are
         return values
-    return matrix
 
 
 def _kind(dtype: str) -> str:
