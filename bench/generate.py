@@ -16,7 +16,7 @@ from pathlib import Path
 
 from measure import run_tree  # bench/measure.py (this script's directory is on sys.path)
 
-from feedstore.config import GenerationConfig
+from feedstore.core.config import GenerationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,9 +26,9 @@ def run_one(out: Path, interactions: int, workers: int) -> tuple[float, float]:
     if out.exists():
         shutil.rmtree(out)
     code = (
-        "from pathlib import Path; from feedstore.config import GenerationConfig;"
-        "from ingestion.generate import generate;"
-        f"generate(GenerationConfig(interactions={interactions}), Path({str(out)!r}), workers={workers}, "
+        "from pathlib import Path; from feedstore.core.config import GenerationConfig;"
+        "from feedstore.ingestion.generate.run import write_raw_events;"
+        f"write_raw_events(GenerationConfig(interactions={interactions}), Path({str(out)!r}), workers={workers}, "
         "progress=False)"
     )
     wall, peak, rc, err = run_tree([sys.executable, "-c", code], interval=0.1)

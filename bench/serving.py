@@ -58,7 +58,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 def feedstore(env: dict, *args: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "feedstore.cli", *args], env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "feedstore", *args], env=env, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"feedstore {' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return time.perf_counter() - t0, res.stderr
@@ -114,8 +114,8 @@ def main() -> None:
         import redis as redis_py
         from feast import FeatureStore
 
-        from feedstore.config import load_config
-        from feedstore.serving import latest_snapshot
+        from feedstore.core.config import load_config
+        from feedstore.serving.store import latest_snapshot
 
         cfg = load_config(overrides={"data_dir": str(data)})
         end = latest_snapshot(cfg)
@@ -128,14 +128,16 @@ def main() -> None:
                 t0 = time.perf_counter()
                 store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
                 dt = time.perf_counter() - t0
-                from feedstore.serving import _count_latest
+                from feedstore.serving.materialize import _count_latest
 
                 n = _count_latest(cfg, fv.name, end - fv.ttl, end)
                 parts.append(f"{fv.name} {n:,} in {dt:.1f} s = {n / dt:,.0f}/s")
             print(f"materialize to Redis, {label}: " + "; ".join(parts))
 
         # 3. online lookups, 1 user + 100 candidates
-        from feedstore.serving import RankingContext, feature_store, get_ranking_features
+        from feedstore.core.feast_repo import feature_store
+        from feedstore.serving.ranking import get_ranking_features
+        from feedstore.serving.request import RankingContext
 
         store = feature_store(cfg, "redis")
         rng = np.random.default_rng(0)

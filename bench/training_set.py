@@ -37,7 +37,7 @@ def prepare(data: Path) -> None:
     env = {**os.environ, "FEEDSTORE_DATA_DIR": str(data)}
     env.pop("FEEDSTORE_CONFIG", None)
     for args in (["generate", "--no-report"], ["validate", "--as-of", "2026-01-01"], ["stats"]):
-        subprocess.run([sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING", *args], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "feedstore", "--log-level", "WARNING", *args], env=env, check=True)
 
 
 def store_with(offline_type: str, data: Path, work: Path):
@@ -48,7 +48,8 @@ def store_with(offline_type: str, data: Path, work: Path):
         shutil.rmtree(repo)
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
     yaml = repo / "feature_store.sqlite.yaml"
-    text = yaml.read_text().replace("type: feedstore.offline_store.AsofDuckDBOfflineStore", f"type: {offline_type}")
+    ours = "type: feedstore.plugins.asof_duckdb.AsofDuckDBOfflineStore"
+    text = yaml.read_text().replace(ours, f"type: {offline_type}")
     if offline_type == "duckdb":  # the stock store does not know this store's extra settings
         text = re.sub(r"(?m)^  (memory_limit|temp_directory): .*\n", "", text)
     yaml.write_text(text.replace("registry.sqlite.db", f"registry.bench-{offline_type.rsplit('.', 1)[-1]}.db"))
@@ -96,7 +97,7 @@ def builder_run(data: Path, batch_rows: int, work: Path) -> None:
     config.write_text(re.sub(r"(?m)^  batch_rows: \d+", f"  batch_rows: {batch_rows}", text))
     env = {**os.environ, "FEEDSTORE_DATA_DIR": str(data), "FEEDSTORE_CONFIG": str(config)}
     version = f"bench-batch-{batch_rows}"
-    wall, peak, rc, err = run_tree([sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING",
+    wall, peak, rc, err = run_tree([sys.executable, "-m", "feedstore", "--log-level", "WARNING",
                                     "training-set", "--version", version], env)
     if rc:
         raise SystemExit(f"feedstore training-set failed:\n{err[-3000:]}")
@@ -132,7 +133,7 @@ def main() -> None:
     ev = con.execute(f"""SELECT user_id, item_id, event_timestamp, event_timestamp AS request_ts, device, click
                          FROM read_parquet('{data}/validated/interactions/**/*.parquet', hive_partitioning = false)
                          ORDER BY event_timestamp, interaction_id""").df()
-    ours = store_with("feedstore.offline_store.AsofDuckDBOfflineStore", data, work)
+    ours = store_with("feedstore.plugins.asof_duckdb.AsofDuckDBOfflineStore", data, work)
     stock = store_with("duckdb", data, work)
     for n in sorted({min(args.rows, len(ev)), min(args.stock_rows, len(ev))} - {0}):
         sample = ev.sample(n, random_state=0).sort_values("event_timestamp").reset_index(drop=True) \

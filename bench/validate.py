@@ -25,7 +25,7 @@ def bench(out: Path, n: int, repeat: int) -> None:
     env.pop("FEEDSTORE_CONFIG", None)
     if out.exists():
         shutil.rmtree(out)
-    feedstore = [sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING"]
+    feedstore = [sys.executable, "-m", "feedstore", "--log-level", "WARNING"]
     _, _, rc, err = run_tree([*feedstore, "generate", "--interactions", str(n), "--no-report"], env)
     assert rc == 0, f"generation failed: {err[-2000:]}"
     walls, peaks = [], []

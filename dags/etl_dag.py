@@ -5,11 +5,11 @@ Daily feature pipeline for feed ranking (feedstore). Each run processes **one da
 logical date (the run at 2024-11-15 02:00 processes 2024-11-14), and every task is idempotent for it
 (re-running the day overwrites that day's partitions and nothing else).
 
-`generate_events` -> `validate_events` -> `compute_feature_stats` -> `validate_feature_stats` ->
-`apply_feature_definitions` -> `materialize_online` -> `build_training_set` -> `validate_training_set` ->
+`generate_events` -> `validate_events` -> `compute_stats` -> `validate_stats` ->
+`apply_definitions` -> `materialize_online` -> `build_training_set` -> `validate_training_set` ->
 `check_skew`
 
-* Every task calls the same `feedstore.pipeline` function as the `feedstore` CLI; settings come from the pipeline
+* Every task calls the same `feedstore.shell.runner` function as the `feedstore` CLI; settings come from the pipeline
   config (`FEEDSTORE_CONFIG`, `FEEDSTORE_DATA_DIR`) and Feast's from `feature_repo/feature_store*.yaml`.
 * A failed validation gate fails its task at once (no retries: retrying cannot fix data), so nothing downstream
   runs; the task log shows the summary table. Other errors (a service down) get the 2 retries.
@@ -38,7 +38,7 @@ def _gate(fn, *args, **kwargs):
     retrying cannot fix the data. Anything else (a service down, a crash) keeps the DAG's retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from feedstore.errors import FeedstoreError
+    from feedstore.core.errors import FeedstoreError
 
     try:
         return fn(*args, **kwargs)
@@ -47,8 +47,8 @@ def _gate(fn, *args, **kwargs):
 
 
 def _config():
-    from feedstore.config import load_config
-    from feedstore.logs import configure_logging
+    from feedstore.core.config import load_config
+    from feedstore.core.logs import configure_logging
 
     cfg = load_config()
     configure_logging(cfg.log_level)
@@ -70,7 +70,7 @@ def etl_and_feature_engineering():
     @task
     def generate_events(params=None) -> str:
         """Write the day's raw events (users and items are rewritten identically)."""
-        from feedstore.pipeline import generate_events as run
+        from feedstore.shell.runner import generate_events as run
 
         day, _ = _day_and_end()
         _gate(run, _config(), days=[day], fault_rate=float((params or {}).get("inject_faults", 0.0)), report=False,
@@ -82,34 +82,34 @@ def etl_and_feature_engineering():
         """GX gate on the day's raw data; quarantines bad rows, fails the task if the gate fails."""
         from datetime import date
 
-        from feedstore.pipeline import validate_events as run
+        from feedstore.shell.runner import validate_events as run
 
         _, end = _day_and_end()
         _gate(run, _config(), start=date.fromisoformat(day), end=date.fromisoformat(day), as_of=end)
         return day
 
     @task
-    def compute_feature_stats(day: str) -> str:
+    def compute_stats(day: str) -> str:
         """Timestamped statistics for the day (partition date=day of each offline source)."""
         from datetime import date
 
-        from feedstore.pipeline import compute_feature_stats as run
+        from feedstore.shell.runner import compute_stats as run
 
         _gate(run, _config(), start=date.fromisoformat(day), end=date.fromisoformat(day))
         return day
 
     @task
-    def validate_feature_stats(day: str) -> str:
+    def validate_stats(day: str) -> str:
         """GX gate on the published offline statistics of the day."""
-        from feedstore.pipeline import validate_feature_stats as run
+        from feedstore.shell.runner import validate_stats as run
 
         _gate(run, _config(), days=[day])
         return day
 
     @task
-    def apply_feature_definitions(day: str) -> str:
+    def apply_definitions(day: str) -> str:
         """`feast apply` on feature_repo/."""
-        from feedstore.pipeline import apply_feature_definitions as run
+        from feedstore.shell.runner import apply_definitions as run
 
         _gate(run, _config())
         return day
@@ -117,7 +117,7 @@ def etl_and_feature_engineering():
     @task
     def materialize_online(day: str) -> str:
         """Latest features up to the end of the day into the online store."""
-        from feedstore.pipeline import materialize_online as run
+        from feedstore.shell.runner import materialize_online as run
 
         _, end = _day_and_end()
         _gate(run, _config(), end=end)
@@ -128,7 +128,7 @@ def etl_and_feature_engineering():
         """Point-in-time training set through get_historical_features, as of the end of the day."""
         from datetime import date
 
-        from feedstore.pipeline import build_training_set as run
+        from feedstore.shell.runner import build_training_set as run
 
         result = _gate(run, _config(), version=f"daily-{day}", end=date.fromisoformat(day))
         return result.version
@@ -136,7 +136,7 @@ def etl_and_feature_engineering():
     @task
     def validate_training_set(version: str) -> str:
         """GX gate on the published training set, then the baseline model check."""
-        from feedstore.pipeline import validate_published_training_set as run
+        from feedstore.shell.runner import validate_training_set as run
 
         _gate(run, _config(), version)
         return version
@@ -145,13 +145,13 @@ def etl_and_feature_engineering():
     def check_skew(version: str) -> None:
         """Online values must equal get_historical_features at the newest materialization (in a backfill, the
         online store keeps newer rows than the day processed, so that is the moment to compare at)."""
-        from feedstore.pipeline import check_training_serving_skew as run
+        from feedstore.shell.runner import check_skew as run
 
         _gate(run, _config())
 
     day = generate_events()
-    stats = validate_feature_stats(compute_feature_stats(validate_events(day)))
-    version = build_training_set(materialize_online(apply_feature_definitions(stats)))
+    stats = validate_stats(compute_stats(validate_events(day)))
+    version = build_training_set(materialize_online(apply_definitions(stats)))
     check_skew(validate_training_set(version))
 
 

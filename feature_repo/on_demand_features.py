@@ -1,31 +1,32 @@
 """Request-time features, in list-based python mode: one call transforms all N rows (online and offline),
 vectorized with numpy inside; `singleton=True` is avoided (in Feast 0.67 it returns one value for N rows).
 
-Feast stores each UDF's source and re-executes it, so every import and helper lives inside the function.
-Feast also compares ODFV schema Fields whole, so the fields carry no descriptions: the views' descriptions say
-what each output means.
+Feast stores each UDF's source and re-executes it, so every import and helper lives inside the function. The
+output schemas and descriptions come from the feature spec; Feast compares ODFV schema Fields whole, so the fields
+carry no descriptions (the spec's columns and the views' descriptions say what each output means).
 """
 
 from data_sources import ranking_request
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64
-from feature_views import item_daily_stats, user_daily_stats
+from feature_views import FEAST_TYPES, item_daily_stats, user_daily_stats
 
-DEVICES = ("mobile", "desktop", "tablet")
+from feedstore.core.spec import FEATURE_SPEC
+
+REQUEST_CONTEXT = FEATURE_SPEC.on_demand_view("request_context")
+USER_ITEM_CONTEXT = FEATURE_SPEC.on_demand_view("user_item_context")
+
+
+def _schema(spec) -> list[Field]:
+    """Output fields of an on-demand view, from the spec (no descriptions: Feast compares ODFV fields whole)."""
+    return [Field(name=c.name, dtype=FEAST_TYPES[c.dtype]) for c in spec.outputs]
 
 
 @on_demand_feature_view(
     sources=[ranking_request],
-    schema=[
-        Field(name="hour_of_day", dtype=Int64),
-        Field(name="day_of_week", dtype=Int64),
-        Field(name="is_weekend", dtype=Int64),
-        *[Field(name=f"device_{d}", dtype=Int64) for d in DEVICES],
-    ],
+    schema=_schema(REQUEST_CONTEXT),
     mode="python",
-    description="Context of the ranking request: hour_of_day (UTC 0-23), day_of_week (0 = Monday), is_weekend, "
-    "device_mobile / device_desktop / device_tablet (one-hot).",
+    description=REQUEST_CONTEXT.description,
     owner="feedstore",
     tags={"kind": "request_context"},
 )
@@ -48,15 +49,9 @@ def request_context(inputs: dict) -> dict:
 
 @on_demand_feature_view(
     sources=[user_daily_stats, item_daily_stats, ranking_request],
-    schema=[
-        Field(name="user_days_since_signup", dtype=Float64),
-        Field(name="item_age_days", dtype=Float64),
-        Field(name="user_category_affinity_for_item", dtype=Float64),
-    ],
+    schema=_schema(USER_ITEM_CONTEXT),
     mode="python",
-    description="Computed at request time: user_days_since_signup and item_age_days (from stored timestamps, exact "
-    "at any moment), user_category_affinity_for_item (the user's 30-day click share in the candidate item's "
-    "category). NaN where the user or item is unknown (cold start), in training sets and online alike.",
+    description=USER_ITEM_CONTEXT.description,
     owner="feedstore",
     tags={"kind": "derived"},
 )

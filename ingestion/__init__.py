@@ -1,1 +1,2 @@
-"""Ingestion: generate raw feed events, validate them, and compute timestamped statistics (offline Parquet)."""
+"""Stage: generate raw feed events, validate them (GX), and compute timestamped statistics into offline Parquet
+(installed as `feedstore.ingestion`)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from feedstore.config import GenerationConfig, PipelineConfig
+from feedstore.core.config import GenerationConfig, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,11 +30,11 @@ def small_generation(**overrides) -> GenerationConfig:
 @pytest.fixture(scope="session")
 def small_raw(tmp_path_factory) -> tuple[Path, GenerationConfig]:
     """One generated dataset shared by read-only tests."""
-    from ingestion.generate import generate
+    from feedstore.ingestion.generate.run import write_raw_events
 
     cfg = small_generation()
     data_dir = tmp_path_factory.mktemp("small_raw")
-    generate(cfg, data_dir, progress=False)
+    write_raw_events(cfg, data_dir, progress=False)
     return data_dir, cfg
 
 
@@ -118,13 +118,13 @@ def stats_data(tmp_path_factory) -> Path:
     """generate -> validate -> stats on the small config, once per session (tests copy it before writing)."""
     from datetime import datetime, timezone
 
-    from ingestion.generate import generate
-    from ingestion.stats import compute_stats
-    from ingestion.validate import validate_raw
+    from feedstore.ingestion.generate.run import write_raw_events
+    from feedstore.ingestion.validate.run import validate_events
+    from feedstore.shell.runner import compute_stats
 
     d = tmp_path_factory.mktemp("pipeline")
     cfg = pipeline_config(d)
-    generate(cfg.generation, d, progress=False)
-    validate_raw(cfg, as_of=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    write_raw_events(cfg.generation, d, progress=False)
+    validate_events(cfg, as_of=datetime(2026, 1, 1, tzinfo=timezone.utc))
     compute_stats(cfg)
     return d

@@ -8,14 +8,15 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ingestion.schemas import interactions_dir, items_path, users_path
+from feedstore.core.catalog import Catalog
 
 
 def read_raw(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(interactions, users, items) as pandas; interactions keep their hive `date` directory as a column."""
-    dataset = ds.dataset(interactions_dir(data_dir), format="parquet", partitioning="hive")
+    dataset = ds.dataset(Catalog(data_dir).raw_interactions, format="parquet", partitioning="hive")
     ev = dataset.to_table().to_pandas()
-    return ev, pq.read_table(users_path(data_dir)).to_pandas(), pq.read_table(items_path(data_dir)).to_pandas()
+    cat = Catalog(data_dir)
+    return ev, pq.read_table(cat.raw_users).to_pandas(), pq.read_table(cat.raw_items).to_pandas()
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:

@@ -7,20 +7,25 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from feedstore.config import PipelineConfig
-
 COUNTS = {"impressions": None, "clicks": "click", "likes": "like", "shares": "share"}
 
 
-def windowed_stats(events: pd.DataFrame, key: str, prefix: str, at: pd.Timestamp, cfg: PipelineConfig,
-                   entities) -> pd.DataFrame:
-    """Every windowed statistic of each of `entities` from events strictly before `at` (index: entity id)."""
-    f = cfg.features
-    alpha = f.ctr_prior_mean * f.ctr_prior_strength
-    beta = (1 - f.ctr_prior_mean) * f.ctr_prior_strength
+#: The documented feature definitions (README "Timestamped statistics"), restated here on purpose: the reference
+#: must not be derived from the spec it checks.
+WINDOWS = (1, 7, 30)
+CTR_PRIOR = (0.1, 20.0)  # mean, strength
+AFFINITY = (1.0, 30)  # pseudo-clicks per category, window days
+
+
+def windowed_stats(events: pd.DataFrame, key: str, prefix: str, at: pd.Timestamp, entities,
+                   windows: tuple[int, ...] = WINDOWS, extra_counts: dict | None = None) -> pd.DataFrame:
+    """Every windowed statistic of each of `entities` from events strictly before `at` (index: entity id).
+    `extra_counts`: {feature name: event mask function} for counts added in a test."""
+    alpha = CTR_PRIOR[0] * CTR_PRIOR[1]
+    beta = (1 - CTR_PRIOR[0]) * CTR_PRIOR[1]
     past = events[events.event_timestamp < at]
     out = {}
-    for w in [*f.windows_days, None]:
+    for w in [*windows, None]:
         name = f"{w}d" if w else "lifetime"
         sub = past if w is None else past[past.event_timestamp >= at - timedelta(days=w)]
         g = sub.groupby(key)
@@ -32,8 +37,10 @@ def windowed_stats(events: pd.DataFrame, key: str, prefix: str, at: pd.Timestamp
         out[f"{prefix}_shares_{name}"] = g["share"].sum()
         dwell = sub[sub.click == 1].groupby(key)["dwell_time"].sum()
         out[f"_dwell_{name}"] = dwell
+        for extra, mask in (extra_counts or {}).items():
+            out[f"{prefix}_{extra}_{name}"] = sub[mask(sub)].groupby(key).size()
     frame = pd.DataFrame(out).reindex(entities).fillna(0)
-    for w in [*f.windows_days, None]:
+    for w in [*windows, None]:
         name = f"{w}d" if w else "lifetime"
         n, c = frame[f"{prefix}_impressions_{name}"], frame[f"{prefix}_clicks_{name}"]
         frame[f"{prefix}_dwell_mean_{name}"] = np.where(c > 0, frame[f"_dwell_{name}"] / c.where(c > 0, 1), 0.0)
@@ -43,11 +50,10 @@ def windowed_stats(events: pd.DataFrame, key: str, prefix: str, at: pd.Timestamp
     return frame.drop(columns=[c for c in frame.columns if c.startswith("_dwell_")])
 
 
-def user_affinity(events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, cfg: PipelineConfig) -> pd.Series:
+def user_affinity(events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, n_cat: int) -> pd.Series:
     """Per user: (clicks in category k over the affinity window + a) / (clicks + a * C), for k = 0..C-1."""
-    f, n_cat = cfg.features, cfg.generation.preferences.categories
-    a = f.affinity_pseudo_clicks
-    start = at - timedelta(days=f.affinity_window_days)
+    a, window = AFFINITY
+    start = at - timedelta(days=window)
     past = events[(events.event_timestamp < at) & (events.event_timestamp >= start)]
     past = past[past.click == 1].merge(items[["item_id", "category"]], on="item_id")
     table = past.pivot_table(index="user_id", columns="category", values="click", aggfunc="sum", fill_value=0)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feedstore.config import PipelineConfig
-from feedstore.io import write_json
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import PipelineConfig
+from feedstore.core.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,15 @@ def _batches(path: Path, columns: list[str], batch_rows: int) -> Iterator[pd.Dat
         yield batch.to_pandas()
 
 
-def evaluate_training_set(cfg: PipelineConfig, path: Path, max_train_rows: int = 300_000) -> dict:
-    """Evaluate a built training set and record the result in its manifest. Streams the split files (only the
+def evaluate_training_set(cfg: PipelineConfig, version: str | None = None, max_train_rows: int = 300_000) -> dict:
+    """Stage `evaluate`: the baseline on a built training set (default: the newest), recorded the result in its
+    manifest. Streams the split files (only the
     numeric features and the label): train is sampled on the way in (~`max_train_rows` rows, seeded), val and
     test are scored batch by batch, so memory does not grow with the set."""
     import joblib
     import pyarrow.parquet as pq
 
-    path = Path(path)
+    path = Catalog(cfg.data_dir).published_training_set(version)
     manifest = json.loads((path / "manifest.json").read_text())
     columns = [*manifest["numeric_features"], "click"]
     batch_rows = cfg.splits.batch_rows
@@ -97,3 +99,4 @@ def evaluate_training_set(cfg: PipelineConfig, path: Path, max_train_rows: int =
         log.warning("baseline AUC >= %.2f: implausibly high for click prediction; check the features for leakage",
                     cfg.splits.suspicious_auc)
     return result
+

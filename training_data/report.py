@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feedstore.io import write_json
+from feedstore.core.io import write_json
 
 log = logging.getLogger(__name__)
 

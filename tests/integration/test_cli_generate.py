@@ -19,7 +19,7 @@ SMALL = ["--users", "500", "--items", "1500", "--interactions", "20000", "--star
 def feedstore(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("FEEDSTORE_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "feedstore.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "feedstore", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -44,7 +44,7 @@ def test_data_dir_from_environment_and_default(tmp_path):
     assert (tmp_path / "e" / "raw" / "users.parquet").exists()
     env = {k: v for k, v in os.environ.items() if k != "FEEDSTORE_DATA_DIR"}
     for args in (["generate", *SMALL, "--no-report"], ["validate"]):
-        res = subprocess.run([sys.executable, "-m", "feedstore.cli", *args], cwd=tmp_path,
+        res = subprocess.run([sys.executable, "-m", "feedstore", *args], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
     assert (tmp_path / "data" / "raw" / "interactions").is_dir()  # default ./data, relative to the caller

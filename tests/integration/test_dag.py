@@ -39,7 +39,7 @@ def run(env, *args, timeout=600) -> subprocess.CompletedProcess:
 
 def seed_history(env) -> None:
     """Days before the processed one, as earlier DAG runs would have left them."""
-    feedstore = [sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING"]
+    feedstore = [sys.executable, "-m", "feedstore", "--log-level", "WARNING"]
     for args in (["generate", "--no-report"], ["validate", "--end", "2024-11-13", "--as-of", "2024-11-14"],
                  ["stats", "--end", "2024-11-13"]):
         res = run(env, *feedstore, *args)
@@ -68,8 +68,8 @@ print(json.dumps({{"errors": {{}}, "parse": parse, "tags": sorted(d.tags), "id":
     assert info["parse"] is not None and info["parse"] < 2.0
     assert info["id"] == DAG_ID and info["schedule"] == "0 2 * * *"
     assert "feedstore" in info["tags"] and info["retries"] >= 2 and info["doc"] and info["catchup"] is False
-    assert set(info["tasks"]) == {"generate_events", "validate_events", "compute_feature_stats",
-                                  "validate_feature_stats", "apply_feature_definitions", "materialize_online",
+    assert set(info["tasks"]) == {"generate_events", "validate_events", "compute_stats",
+                                  "validate_stats", "apply_definitions", "materialize_online",
                                   "build_training_set", "validate_training_set", "check_skew"}
     source = (ROOT / "dags" / "etl_dag.py").read_text()
     assert "sys.path" not in source and "datetime.now" not in source
@@ -110,8 +110,10 @@ def test_dags_test_runs_every_task_and_serves_from_redis(dag_run, redis_db):
     address, db = redis_db.split(",db=")
     host, port = address.rsplit(":", 1)
     assert redis.Redis(host=host, port=int(port), db=int(db)).dbsize() > 1_000  # materialized entities
-    from feedstore.config import load_config
-    from feedstore.serving import RankingContext, feature_store, get_ranking_features
+    from feedstore.core.config import load_config
+    from feedstore.core.feast_repo import feature_store
+    from feedstore.serving.ranking import get_ranking_features
+    from feedstore.serving.request import RankingContext
 
     os.environ.update({k: env[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING")})
     cfg = load_config(tmp / "pipeline.yaml", env={})

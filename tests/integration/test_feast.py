@@ -18,18 +18,13 @@ import pyarrow.dataset as ds
 import pytest
 import requests
 
-from feedstore.serving import (
-    REPO_DIR,
-    RankingContext,
-    ServingError,
-    apply_definitions,
-    check_skew,
-    defaults,
-    feature_store,
-    get_ranking_features,
-    latest_snapshot,
-    materialize_online,
-)
+from feedstore.core.errors import ServingError
+from feedstore.core.feast_repo import REPO_DIR, feature_store
+from feedstore.serving.materialize import materialize_online
+from feedstore.serving.ranking import defaults, get_ranking_features
+from feedstore.serving.request import RankingContext
+from feedstore.serving.skew import check_skew
+from feedstore.serving.store import apply_definitions, latest_snapshot
 from tests.conftest import _free_port, pipeline_config
 from tests.reference import latest_row
 
@@ -120,7 +115,7 @@ def test_cold_start_entities_are_flagged_and_filled(served, store_name):
     got = get_ranking_features(store, 10**9, [10**9, 0], RankingContext(end), fill=defaults(cfg))
     assert got.user_missing.all()
     assert got.item_missing.tolist() == [True, False]
-    assert (got.user_clicks_7d == 0).all() and (got.user_ctr_smoothed_7d == cfg.features.ctr_prior_mean).all()
+    assert (got.user_clicks_7d == 0).all() and (got.user_ctr_smoothed_7d == defaults(cfg)["user_ctr_smoothed_7d"]).all()
     assert got.item_impressions_lifetime.iloc[0] == 0 and got.item_category.iloc[0] == -1
     assert np.isnan(got.item_age_days.iloc[0])
 
@@ -137,7 +132,7 @@ def test_cli_lookup_prints_json(served):
     d, _, results = served
     env = {**os.environ, "FEEDSTORE_DATA_DIR": str(d)}
     env.pop("FEEDSTORE_CONFIG", None)
-    res = subprocess.run([sys.executable, "-m", "feedstore.cli", "--log-level", "WARNING", "lookup", "--user", "1",
+    res = subprocess.run([sys.executable, "-m", "feedstore", "--log-level", "WARNING", "lookup", "--user", "1",
                           "--items", "1,2,999999999", "--device", "desktop", "--at",
                           results["sqlite"].end.strftime("%Y-%m-%dT%H:%M:%S"), "--online-store", "sqlite"],
                          env=env, capture_output=True, text=True, timeout=300)
@@ -196,7 +191,7 @@ def test_redis_down_is_a_clear_error_not_a_hang(served, monkeypatch):
     assert time.time() - t0 < 10
     d = cfg.data_dir
     env = {**os.environ, "FEEDSTORE_DATA_DIR": str(d)}
-    res = subprocess.run([sys.executable, "-m", "feedstore.cli", "lookup", "--user", "1", "--items", "1",
+    res = subprocess.run([sys.executable, "-m", "feedstore", "lookup", "--user", "1", "--items", "1",
                           "--online-store", "redis"], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 5 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("feedstore: error: cannot reach Redis")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feedstore.offline_store import EntityDataFrameError
+from feedstore.plugins.asof_duckdb import EntityDataFrameError
 
 TTL = timedelta(hours=2)
 T0 = pd.Timestamp("2024-05-01 00:00:00", tz="UTC")
@@ -117,7 +117,7 @@ def tiny(tmp_path_factory):
     os.environ["TINY_DATA"] = str(d)
     from feast import FeatureStore
 
-    for name, offline in (("ours", "feedstore.offline_store.AsofDuckDBOfflineStore"), ("stock", "duckdb")):
+    for name, offline in (("ours", "feedstore.plugins.asof_duckdb.AsofDuckDBOfflineStore"), ("stock", "duckdb")):
         yaml = d / "repo" / f"{name}.yaml"
         yaml.write_text(YAML.format(path=d, name=name, offline=offline))
         res = subprocess.run([str(Path(sys.executable).with_name("feast")), "-c", str(d / "repo"), "-f", str(yaml),

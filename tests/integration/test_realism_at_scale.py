@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from feedstore.config import DEFAULT_CONFIG_PATH, load_config
-from feedstore.pipeline import generate_events
+from feedstore.core.config import DEFAULT_CONFIG_PATH, load_config
+from feedstore.shell.runner import generate_events
 
 
 @pytest.mark.parametrize("preset", [None, "realistic"])

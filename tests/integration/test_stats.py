@@ -10,9 +10,13 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from ingestion.stats import ITEM_VIEW, USER_ITEM_VIEW, USER_VIEW, compute_stats, schemas
+from feedstore.core.contracts import offline_schema
+from feedstore.core.spec import FEATURE_SPEC
+from feedstore.shell.runner import compute_stats
 from tests.conftest import pipeline_config
 from tests.reference import latest_row, user_affinity, windowed_stats
+
+USER_VIEW, ITEM_VIEW, USER_ITEM_VIEW = (v.name for v in FEATURE_SPEC.views)
 
 TTL = timedelta(days=29)  # heartbeat 28 days + 1
 
@@ -45,7 +49,7 @@ def test_every_served_value_equals_brute_force_every_day(stats_data, view, key, 
         at = day + timedelta(days=1)
         served = latest_row(rows, [key], at, TTL)
         existing = born[born < at].index
-        expected = windowed_stats(events, key, prefix, at, cfg, existing)
+        expected = windowed_stats(events, key, prefix, at, existing)
         # every entity that exists by T is served; none that does not
         assert set(served.index) == set(existing), day
         cols = [c for c in expected.columns]
@@ -58,7 +62,7 @@ def test_every_served_value_equals_brute_force_every_day(stats_data, view, key, 
         np.testing.assert_allclose(got[float_cols].to_numpy(float), want[float_cols].to_numpy(float), rtol=1e-12,
                                    atol=1e-12, err_msg=f"{view} at {at}")
         if prefix == "user":
-            aff = user_affinity(events, items, at, cfg)
+            aff = user_affinity(events, items, at, cfg.generation.preferences.categories)
             uniform = [np.float32(1 / cfg.generation.preferences.categories)] * cfg.generation.preferences.categories
             for uid in existing:
                 np.testing.assert_allclose(served.at[uid, "user_category_affinity"], aff.get(uid, uniform), rtol=1e-6)
@@ -123,10 +127,9 @@ def test_rows_use_only_the_past_and_sit_at_day_ends(stats_data):
 
 
 def test_schemas_match_the_contract(stats_data):
-    cfg = pipeline_config(stats_data)
     import pyarrow.parquet as pq
 
-    for view, schema in schemas(cfg).items():
+    for view, schema in ((v.name, offline_schema(v)) for v in FEATURE_SPEC.views):
         part = sorted((stats_data / "offline" / view).rglob("*.parquet"))[0]
         assert pq.read_schema(part).names == schema.names
 

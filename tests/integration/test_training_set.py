@@ -13,13 +13,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from feedstore.errors import FeedstoreError
-from feedstore.serving import apply_definitions
-from ingestion.stats import compute_stats
+from feedstore.core.errors import FeedstoreError
+from feedstore.serving.store import apply_definitions
+from feedstore.shell.runner import build_training_set, compute_stats
+from feedstore.training_data.evaluate import evaluate_frames, evaluate_training_set
 from tests.conftest import pipeline_config
 from training_data import training_set as ts_mod
-from training_data.evaluate import evaluate_frames, evaluate_training_set
-from training_data.training_set import build_training_set
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +113,7 @@ def test_streaming_in_small_batches_builds_the_same_set(built):
 
 def test_baseline_shows_signal_and_the_leakage_alarm_fires(built):
     cfg, res = built
-    result = evaluate_training_set(cfg, res.path)
+    result = evaluate_training_set(cfg, res.version)
     assert 0.55 < result["val"]["auc"] < cfg.splits.suspicious_auc
     assert not result["leakage_suspected"]
     assert json.loads((res.path / "manifest.json").read_text())["evaluation"]["val"]["auc"] == result["val"]["auc"]
@@ -129,8 +128,8 @@ def test_baseline_shows_signal_and_the_leakage_alarm_fires(built):
 
 
 def test_gate_catches_a_future_feature_row_and_a_bad_label_naming_split_and_day(built, tmp_path):
-    from feedstore.quality import ValidationFailed
-    from training_data.validation import TrainingSetGate
+    from feedstore.core.errors import ValidationFailed
+    from feedstore.training_data.gate import TrainingSetGate
 
     cfg, _ = built
     ts = pd.to_datetime(["2024-03-01 10:00", "2024-03-01 11:00", "2024-03-02 09:00"], utc=True)
@@ -193,7 +192,7 @@ def _perturb_after(d, t0: pd.Timestamp) -> None:
             f.unlink()
         import pyarrow.parquet as pq
 
-        from ingestion.schemas import INTERACTIONS_SCHEMA
+        from feedstore.core.contracts import INTERACTIONS_SCHEMA
 
         pq.write_table(pa.Table.from_pandas(out[INTERACTIONS_SCHEMA.names], preserve_index=False,
                                             schema=INTERACTIONS_SCHEMA), part / "part-0.parquet")

@@ -16,12 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feedstore.config import PipelineConfig
-from feedstore.errors import InputDataError
-from feedstore.quality import ValidationFailed
-from ingestion.faults import KINDS
-from ingestion.generate import generate
-from ingestion.validate import validate_raw
+from feedstore.core.config import PipelineConfig
+from feedstore.core.errors import InputDataError, ValidationFailed
+from feedstore.ingestion.generate.faults import KINDS
+from feedstore.ingestion.generate.run import write_raw_events
+from feedstore.ingestion.validate.run import validate_events
 from tests.conftest import small_generation
 from tests.helpers import read_raw
 from tests.unit.test_faults import violations
@@ -43,7 +42,7 @@ def read_dir(path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def clean_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("clean")
-    generate(make_config(d).generation, d, progress=False)
+    write_raw_events(make_config(d).generation, d, progress=False)
     return d
 
 
@@ -55,7 +54,7 @@ def clean_copy(clean_dir, tmp_path) -> Path:
 
 def test_clean_data_passes_with_nothing_quarantined(clean_copy):
     cfg = make_config(clean_copy)
-    summary = validate_raw(cfg, as_of=AS_OF)
+    summary = validate_events(cfg, as_of=AS_OF)
     assert summary.passed
     for name in ("users", "items", "interactions"):
         res = summary.tables[name]
@@ -77,7 +76,7 @@ def test_a_bad_entity_row_is_quarantined_with_its_source(clean_copy):
     users = pq.read_table(path).to_pandas()
     users.loc[7, "segment"] = "bogus"
     pq.write_table(pa.Table.from_pandas(users, preserve_index=False), path)
-    validate_raw(make_config(clean_copy), as_of=AS_OF)
+    validate_events(make_config(clean_copy), as_of=AS_OF)
     q = pd.read_parquet(clean_copy / "quarantine" / "users.parquet")
     assert q["user_id"].tolist() == [users.user_id[7]] and q["_reason"].tolist() == ["unknown_segment"]
     assert q["_source_file"].tolist() == [str(path)] and q["_source_row"].tolist() == [7]
@@ -87,8 +86,8 @@ def test_a_bad_entity_row_is_quarantined_with_its_source(clean_copy):
 def faulty_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("faulty")
     cfg = make_config(d, max_quarantine_fraction=0.1)
-    generate(cfg.generation, d, fault_rate=0.04, progress=False)
-    return d, cfg, validate_raw(cfg, as_of=AS_OF)
+    write_raw_events(cfg.generation, d, fault_rate=0.04, progress=False)
+    return d, cfg, validate_events(cfg, as_of=AS_OF)
 
 
 def test_every_injected_defect_is_quarantined_with_its_reason(faulty_run):
@@ -128,9 +127,9 @@ def test_quarantine_keeps_rows_with_reason_and_source(faulty_run):
 
 def test_too_many_bad_rows_stop_the_pipeline_and_publish_nothing(clean_copy, tmp_path):
     cfg = make_config(clean_copy)
-    generate(cfg.generation, clean_copy, fault_rate=0.05, progress=False)
+    write_raw_events(cfg.generation, clean_copy, fault_rate=0.05, progress=False)
     with pytest.raises(ValidationFailed) as e:
-        validate_raw(cfg, as_of=AS_OF)
+        validate_events(cfg, as_of=AS_OF)
     msg = str(e.value)
     assert "interactions:" in msg and "% > 1% threshold" in msg and "\n" not in msg
     assert not (clean_copy / "validated" / "interactions").exists()
@@ -146,26 +145,26 @@ def test_too_many_bad_rows_stop_the_pipeline_and_publish_nothing(clean_copy, tmp
 )
 def test_table_level_statistics_stop_the_pipeline(clean_copy, validation, rule):
     with pytest.raises(ValidationFailed, match=rf"interactions\.{rule} failed"):
-        validate_raw(make_config(clean_copy, **validation), as_of=AS_OF)
+        validate_events(make_config(clean_copy, **validation), as_of=AS_OF)
 
 
 def test_a_missing_day_is_a_gap(clean_copy):
     shutil.rmtree(clean_copy / "raw" / "interactions" / "date=2024-02-10")
     with pytest.raises(ValidationFailed, match=r"rows_every_day failed .*2024-02-10"):
-        validate_raw(make_config(clean_copy), as_of=AS_OF)
+        validate_events(make_config(clean_copy), as_of=AS_OF)
 
 
 def test_key_collapse_stops_even_under_the_quarantine_threshold(clean_copy):
     cfg = make_config(clean_copy, max_quarantine_fraction=0.5, max_duplicate_id_fraction=0.001)
-    generate(cfg.generation, clean_copy, fault_rate=0.05, progress=False)
+    write_raw_events(cfg.generation, clean_copy, fault_rate=0.05, progress=False)
     with pytest.raises(ValidationFailed, match="interaction_id_uniqueness"):
-        validate_raw(cfg, as_of=AS_OF)
+        validate_events(cfg, as_of=AS_OF)
 
 
 def test_events_after_as_of_are_in_the_future(clean_copy):
     cfg = make_config(clean_copy, max_quarantine_fraction=1.0, min_rows_per_day=0,
                       daily_rows_vs_median=(0.0, 100.0))
-    summary = validate_raw(cfg, as_of=datetime(2024, 2, 15, tzinfo=timezone.utc))
+    summary = validate_events(cfg, as_of=datetime(2024, 2, 15, tzinfo=timezone.utc))
     ev, _, _ = read_raw(clean_copy)
     assert summary.tables["interactions"].by_reason["in_future"] == int(
         (ev.event_timestamp > pd.Timestamp("2024-02-15", tz="UTC")).sum())
@@ -184,7 +183,7 @@ def test_null_and_out_of_set_values_are_quarantined_not_crashing(clean_copy):
     t = t.set_column(t.schema.get_field_index("click"), "click", pa.array(click, pa.int8()))
     t = t.set_column(t.schema.get_field_index("interaction_id"), "interaction_id", pa.array(ids, pa.string()))
     _rewrite(part, t)
-    summary = validate_raw(make_config(clean_copy), as_of=AS_OF)
+    summary = validate_events(make_config(clean_copy), as_of=AS_OF)
     res = summary.tables["interactions"]
     assert res.by_reason["null_click"] == 1 and res.by_reason["null_interaction_id"] == 1
     assert res.quarantined == 2
@@ -192,11 +191,11 @@ def test_null_and_out_of_set_values_are_quarantined_not_crashing(clean_copy):
 
 def test_rerun_is_idempotent_and_a_day_range_touches_only_its_days(clean_copy):
     cfg = make_config(clean_copy)
-    validate_raw(cfg, as_of=AS_OF)
+    validate_events(cfg, as_of=AS_OF)
     out = clean_copy / "validated" / "interactions"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     first = read_dir(out)
-    validate_raw(cfg, start=date(2024, 2, 10), end=date(2024, 2, 11), as_of=AS_OF)
+    validate_events(cfg, start=date(2024, 2, 10), end=date(2024, 2, 11), as_of=AS_OF)
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     changed = {p.parent.name for p in after if after[p] != before.get(p)}
     assert changed == {"date=2024-02-10", "date=2024-02-11"}
@@ -205,7 +204,7 @@ def test_rerun_is_idempotent_and_a_day_range_touches_only_its_days(clean_copy):
 
 
 def test_data_docs_are_built_and_readable_offline(clean_copy):
-    validate_raw(make_config(clean_copy), as_of=AS_OF)
+    validate_events(make_config(clean_copy), as_of=AS_OF)
     docs = clean_copy / "reports" / "data_docs"
     index = (docs / "index.html").read_text()
     assert "raw_interactions" in index
@@ -224,9 +223,9 @@ def test_data_docs_are_built_and_readable_offline(clean_copy):
 
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR")}
-    return subprocess.run([sys.executable, "-m", "feedstore.cli", "--data-dir", str(data_dir), *args,
+    return subprocess.run([sys.executable, "-m", "feedstore", "--data-dir", str(data_dir), *args,
                            "--as-of", "2026-01-01"] if args and args[0] == "validate" else
-                          [sys.executable, "-m", "feedstore.cli", "--data-dir", str(data_dir), *args],
+                          [sys.executable, "-m", "feedstore", "--data-dir", str(data_dir), *args],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -281,7 +280,7 @@ def test_missing_users_file(clean_copy):
 
 def test_gate_failure_exit_code_from_cli(clean_copy):
     cfg = make_config(clean_copy)
-    generate(cfg.generation, clean_copy, fault_rate=0.05, progress=False)
+    write_raw_events(cfg.generation, clean_copy, fault_rate=0.05, progress=False)
     res = cli(clean_copy, "validate", "--start", "2024-02-01", "--end", "2024-02-29")
     assert res.returncode == 4
     assert "Traceback" not in res.stderr
@@ -290,7 +289,7 @@ def test_gate_failure_exit_code_from_cli(clean_copy):
 
 def test_input_error_from_api():
     with pytest.raises(InputDataError, match="directory not found"):
-        validate_raw(make_config(Path("/nonexistent/feedstore")), as_of=AS_OF)
+        validate_events(make_config(Path("/nonexistent/feedstore")), as_of=AS_OF)
 
 
 def test_validated_ids_are_unique_across_partitions(faulty_run):
@@ -313,8 +312,8 @@ def test_chunking_does_not_change_the_result_and_finds_cross_chunk_duplicates(cl
     other = tmp_path / "other"
     shutil.copytree(clean_copy / "raw", other / "raw")
 
-    small = validate_raw(make_config(clean_copy, chunk_rows=10_000), as_of=AS_OF)
-    large = validate_raw(make_config(other, chunk_rows=10_000_000), as_of=AS_OF)
+    small = validate_events(make_config(clean_copy, chunk_rows=10_000), as_of=AS_OF)
+    large = validate_events(make_config(other, chunk_rows=10_000_000), as_of=AS_OF)
     assert small.tables["interactions"].by_reason == large.tables["interactions"].by_reason == {
         "duplicate_interaction_id": 1}
     q = read_dir(clean_copy / "quarantine" / "interactions")

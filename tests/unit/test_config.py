@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feedstore.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
-from feedstore.errors import ConfigError
+from feedstore.core.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
+from feedstore.core.errors import ConfigError
 
 
 def test_shipped_pipeline_yaml_equals_builtin_defaults():
@@ -47,7 +47,7 @@ def test_misspelt_key_names_key_and_file(tmp_path):
         ({"generation": {"devices": {"loyalty": -0.1}}}, "loyalty"),
         ({"generation": {"devices": {"mix": {"watch": 1.0}}}}, "unknown device"),
         ({"splits": {"train": 0.9, "val": 0.2, "test": 0.1}}, "must be 1.0"),
-        ({"features": {"windows_days": [7, 7]}}, "distinct"),
+        ({"features": {"windows_days": [1, 7]}}, "feature spec"),
         ({"generation": {"temporal": {"hourly_weights": [1.0] * 23}}}, "hourly_weights"),
     ],
 )

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from ingestion.faults import KINDS
-from ingestion.generate import generate
-from ingestion.schemas import faults_path
+from feedstore.core.catalog import Catalog
+from feedstore.ingestion.generate.faults import KINDS
+from feedstore.ingestion.generate.run import write_raw_events
 from tests.conftest import small_generation
 from tests.helpers import read_raw
 
@@ -44,13 +44,13 @@ def violations(ev: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, cfg) 
 def faulty(tmp_path_factory):
     cfg = small_generation(interactions=40_000)
     data_dir = tmp_path_factory.mktemp("faulty")
-    generate(cfg, data_dir, fault_rate=0.05, progress=False)
+    write_raw_events(cfg, data_dir, fault_rate=0.05, progress=False)
     return data_dir, cfg
 
 
 def test_every_kind_is_injected_and_counted_exactly(faulty):
     data_dir, cfg = faulty
-    manifest = json.loads(faults_path(data_dir).read_text())
+    manifest = json.loads(Catalog(data_dir).faults.read_text())
     ev, users, items = read_raw(data_dir)
     found = violations(ev, users, items, cfg)
     assert set(manifest["counts"]) == set(KINDS)
@@ -81,7 +81,7 @@ def test_faults_do_not_disturb_clean_rows(faulty, small_raw, tmp_path):
     """Fault injection uses its own random stream: the rows it did not touch equal a clean run's."""
     data_dir, cfg = faulty
     clean_dir = tmp_path / "clean"
-    generate(cfg, clean_dir, progress=False)
+    write_raw_events(cfg, clean_dir, progress=False)
     ev, users, items = read_raw(data_dir)
     clean, _, _ = read_raw(clean_dir)
     bad = violations(ev, users, items, cfg).any(axis=1)
@@ -93,4 +93,4 @@ def test_faults_do_not_disturb_clean_rows(faulty, small_raw, tmp_path):
 
 def test_rate_bounds():
     with pytest.raises(ValueError):
-        generate(small_generation(interactions=10), "/nonexistent", fault_rate=0.9, progress=False)
+        write_raw_events(small_generation(interactions=10), "/nonexistent", fault_rate=0.9, progress=False)

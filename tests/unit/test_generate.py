@@ -9,8 +9,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ingestion.generate import block_sizes, build_world, generate, generate_block, interaction_ids, plan_tasks
-from ingestion.schemas import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, faults_path, interactions_dir
+from feedstore.core.catalog import Catalog
+from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
+from feedstore.ingestion.generate.events import block_sizes, build_world, generate_block, interaction_ids
+from feedstore.ingestion.generate.run import (
+    plan_tasks,
+    write_raw_events,
+)
 from tests.conftest import small_generation
 from tests.helpers import file_bytes, read_raw
 
@@ -37,7 +42,7 @@ def test_files_follow_the_contract(small_raw):
     data_dir, cfg = small_raw
     assert pq.read_schema(data_dir / "raw" / "users.parquet").remove_metadata() == USERS_SCHEMA.remove_metadata()
     assert pq.read_schema(data_dir / "raw" / "items.parquet").remove_metadata() == ITEMS_SCHEMA.remove_metadata()
-    parts = sorted(interactions_dir(data_dir).glob("date=*/*.parquet"))
+    parts = sorted(Catalog(data_dir).raw_interactions.glob("date=*/*.parquet"))
     assert len(parts) == cfg.n_days
     for part in parts[:3]:
         assert pq.read_schema(part).remove_metadata() == INTERACTIONS_SCHEMA.remove_metadata()
@@ -48,7 +53,7 @@ def test_files_follow_the_contract(small_raw):
     # the hive directory is the event's UTC date
     assert (ev.event_timestamp.dt.strftime("%Y-%m-%d") == ev["date"].astype(str)).all()
     assert str(ev.event_timestamp.dt.tz) == "UTC"
-    faults = json.loads(faults_path(data_dir).read_text())
+    faults = json.loads(Catalog(data_dir).faults.read_text())
     assert faults["total"] == 0 and set(faults["counts"].values()) == {0}
 
 
@@ -100,9 +105,9 @@ def test_block_sizes_cover_the_day(n, block):
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     cfg = small_generation(interactions=8_000, users=300, items=600)
-    generate(cfg, tmp_path / "a", progress=False)
-    generate(cfg, tmp_path / "b", progress=False)
-    generate(cfg.model_copy(update={"seed": 8}), tmp_path / "c", progress=False)
+    write_raw_events(cfg, tmp_path / "a", progress=False)
+    write_raw_events(cfg, tmp_path / "b", progress=False)
+    write_raw_events(cfg.model_copy(update={"seed": 8}), tmp_path / "c", progress=False)
     a, b, c = (file_bytes(tmp_path / x / "raw") for x in "abc")
     assert a == b
     first_day = "interactions/date=2024-03-04/part-00000-000.parquet"
@@ -112,22 +117,22 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
 
 def test_worker_count_does_not_change_output(tmp_path):
     cfg = small_generation(interactions=20_000, users=300, items=600)
-    generate(cfg, tmp_path / "one", workers=1, progress=False)
-    generate(cfg, tmp_path / "two", workers=2, progress=False)
+    write_raw_events(cfg, tmp_path / "one", workers=1, progress=False)
+    write_raw_events(cfg, tmp_path / "two", workers=2, progress=False)
     assert file_bytes(tmp_path / "one" / "raw") == file_bytes(tmp_path / "two" / "raw")
 
 
 def test_blocks_within_a_day_are_exact_and_unique(tmp_path):
     cfg = small_generation(interactions=30_000, users=300, items=600, start="2024-03-04", end="2024-03-06",
                            block_events=4_000)
-    generate(cfg, tmp_path, progress=False)
+    write_raw_events(cfg, tmp_path, progress=False)
     ev, _, _ = read_raw(tmp_path)
     assert len(ev) == 30_000 and ev.interaction_id.is_unique
-    assert len(list(interactions_dir(tmp_path).glob("date=2024-03-04/*.parquet"))) > 1
+    assert len(list(Catalog(tmp_path).raw_interactions.glob("date=2024-03-04/*.parquet"))) > 1
 
 
 def test_zero_interactions_is_valid(tmp_path):
-    summary = generate(small_generation(interactions=0), tmp_path, progress=False)
+    summary = write_raw_events(small_generation(interactions=0), tmp_path, progress=False)
     assert summary.interactions == 0
     assert (tmp_path / "raw" / "users.parquet").exists()
 
@@ -244,8 +249,8 @@ def test_generating_one_day_writes_exactly_that_days_partition(tmp_path):
     from datetime import date
 
     cfg = small_generation(interactions=8_000, users=300, items=600)
-    generate(cfg, tmp_path / "full", progress=False)
-    generate(cfg, tmp_path / "day", progress=False, days=[date(2024, 3, 10)])
+    write_raw_events(cfg, tmp_path / "full", progress=False)
+    write_raw_events(cfg, tmp_path / "day", progress=False, days=[date(2024, 3, 10)])
     day = tmp_path / "day" / "raw" / "interactions"
     assert [p.name for p in day.iterdir()] == ["date=2024-03-10"]
     full = file_bytes(tmp_path / "full" / "raw" / "interactions" / "date=2024-03-10")
@@ -253,4 +258,4 @@ def test_generating_one_day_writes_exactly_that_days_partition(tmp_path):
     assert sorted(p.name for p in (tmp_path / "day" / "raw").iterdir()) == [
         "faults.json", "interactions", "items.parquet", "users.parquet"]
     with pytest.raises(ValueError, match="outside the configured range"):
-        generate(cfg, tmp_path / "day", progress=False, days=[date(2023, 1, 1)])
+        write_raw_events(cfg, tmp_path / "day", progress=False, days=[date(2023, 1, 1)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from feedstore.io import atomic_path, staged_dir, write_parquet
+from feedstore.core.io import atomic_path, staged_dir, write_parquet
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

@@ -6,9 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from feedstore.errors import InputDataError
-from feedstore.quality import ROW, TABLE, RuleOutcome
-from ingestion.validate import check_schema, quarantine_mask
+from feedstore.core.errors import InputDataError
+from feedstore.core.gx import ROW, TABLE, RuleOutcome
+from feedstore.ingestion.validate.quarantine import quarantine_mask
+from feedstore.ingestion.validate.reading import check_schema
 
 
 def outcome(rule, rows, level=ROW):

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feedstore.config import PipelineConfig
-from training_data.report import psi
-from training_data.training_set import split_by_time
+from feedstore.core.config import PipelineConfig
+from feedstore.training_data.report import psi
+from feedstore.training_data.splits import split_by_time
 
 
 def stamps(n=10_000, unit="us", seed=0):

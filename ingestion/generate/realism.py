@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from feedstore import duck
-from feedstore.config import GenerationConfig
-from feedstore.io import write_json
-from ingestion.schemas import interactions_dir, items_path, realism_report_path, users_path
+from feedstore.core import duck
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import GenerationConfig
+from feedstore.core.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def _cmp(pattern: str, metric: str, value: float, op: str, ref: float) -> Check:
 def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
     """Measure every pattern on the files under `<data_dir>/raw/`."""
     con = duck.connect()
-    glob = str(interactions_dir(data_dir) / "**" / "*.parquet")
+    glob = str(Catalog(data_dir).raw_interactions / "**" / "*.parquet")
     con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet('{glob}', hive_partitioning = false)")
-    con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{users_path(data_dir)}')")
-    con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet('{items_path(data_dir)}')")
+    con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{Catalog(data_dir).raw_users}')")
+    con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet('{Catalog(data_dir).raw_items}')")
     q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
     one = lambda sql: q(sql)[0][0]  # noqa: E731
     t = cfg.realism_targets
@@ -204,7 +204,7 @@ def write_report(data_dir: Path, cfg: GenerationConfig) -> dict:
         "failed": sum(not c.ok for c in checks),
         "checks": [asdict(c) for c in checks],
     }
-    path = realism_report_path(data_dir)
+    path = Catalog(data_dir).realism_report
     write_json(report, path)
     log.info("realism report (%d/%d within target) -> %s\n%s", report["passed"], len(checks), path,
              format_table(checks))

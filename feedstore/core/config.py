@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from feedstore.errors import ConfigError
+from feedstore.core.contracts import DEVICES
+from feedstore.core.errors import ConfigError
 
 #: The repository's `config/` folder (present in a source checkout and an editable install).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "pipeline.yaml"
 PRESETS_DIR = CONFIG_DIR / "presets"
 
@@ -27,8 +28,6 @@ ENV_CONFIG = "FEEDSTORE_CONFIG"
 ENV_DATA_DIR = "FEEDSTORE_DATA_DIR"
 ENV_PRESET = "FEEDSTORE_PRESET"
 
-#: Devices an impression can come from, in one-hot order.
-DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
 
 
 class _Strict(BaseModel):
@@ -223,31 +222,6 @@ class GenerationConfig(_Strict):
         return (self.end - self.start).days + 1
 
 
-class FeatureConfig(_Strict):
-    """Timestamped statistics (consumed by `feedstore stats`); must match the views in feature_repo/."""
-
-    windows_days: list[int] = Field(default=[1, 7, 30], min_length=1, description="Aggregation windows in days.")
-    heartbeat_days: int = Field(
-        28, ge=1, le=90, description="Every existing user and item gets a snapshot row at least this often "
-        "(rows are also written whenever a value changes); feature-view ttl = heartbeat + 1 day."
-    )
-    ctr_prior_mean: float = Field(0.1, gt=0.0, lt=1.0, description="Beta prior mean of the smoothed CTRs.")
-    ctr_prior_strength: float = Field(
-        20.0, gt=0.0, description="Beta prior strength (alpha + beta) in pseudo-impressions."
-    )
-    affinity_pseudo_clicks: float = Field(
-        1.0, gt=0.0, description="Pseudo-clicks per category smoothing the user's 30-day category affinity."
-    )
-    affinity_window_days: int = Field(30, ge=1, description="Window of the user's category affinity vector.")
-
-    @field_validator("windows_days")
-    @classmethod
-    def _positive_sorted(cls, v: list[int]) -> list[int]:
-        if any(w <= 0 for w in v) or len(set(v)) != len(v):
-            raise ValueError("windows must be distinct positive day counts")
-        return sorted(v)
-
-
 class SplitConfig(_Strict):
     """Temporal train / val / test split (consumed by `feedstore training-set`): by ratio of rows in time order,
     or by explicit cut timestamps; all rows of one timestamp land in one split."""
@@ -343,7 +317,6 @@ class PipelineConfig(_Strict):
     log_level: str = Field("INFO", description="Python logging level name.")
     generation: GenerationConfig = GenerationConfig()
     validation: ValidationConfig = ValidationConfig()
-    features: FeatureConfig = FeatureConfig()
     splits: SplitConfig = SplitConfig()
     serving: ServingConfig = ServingConfig()
 
@@ -469,7 +442,10 @@ def _one_line(error: ValidationError, origin: str, sources: dict[str, str]) -> s
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"])
         src = next((s for k, s in sources.items() if loc == k or loc.startswith(k + ".")), origin)
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and loc.split(".")[0] == "features":
+            msg = ("features are defined once, in the feature spec (feedstore/core/spec.py: windows, heartbeat, "
+                   "priors, smoothing), not in the pipeline config; remove this key")
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key (misspelt? see config/pipeline.yaml for the valid keys)"
         else:
             msg = err["msg"].removeprefix("Value error, ")

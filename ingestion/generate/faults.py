@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ingestion.generate import World
+    from feedstore.ingestion.generate.world import World
 
 UNKNOWN_DEVICE = "smart_fridge"
 

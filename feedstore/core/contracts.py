@@ -1,8 +1,8 @@
-"""The raw-data contract: Arrow schemas and paths of what `feedstore generate` writes and later stages read."""
+"""Data contracts shared by the stages: the raw tables' Arrow schemas, the request vocabulary (devices, time of
+day), and the names the serving side and the training side agree on (the feature service, the columns that tell
+whether an entity exists online). Paths live in `catalog.py`, features in `spec.py`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -57,25 +57,32 @@ def time_of_day_code(hour):  # numpy int array -> codes into TIME_OF_DAY
     return np.select([(hour >= 5) & (hour < 12), (hour >= 12) & (hour < 17), (hour >= 17) & (hour < 22)], [0, 1, 2], 3)
 
 
-def raw_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "raw"
+#: Devices an impression can come from, in one-hot order.
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
+
+#: The versioned feature service both the ranker and the training-set builder use.
+FEATURE_SERVICE = "feed_ranking_v1"
+
+#: Columns that tell whether an entity exists online: never null for a materialized entity (Feast's Redis store
+#: reports absent keys as present with null values, so absence is read from these).
+USER_SENTINEL = "user_signup_timestamp"
+ITEM_SENTINEL = "item_creation_timestamp"
+PAIR_SENTINEL = "user_item_impressions"
+
+#: The training-set contract: split names, label columns and key / context columns, in output order.
+TRAINING_SPLITS: tuple[str, ...] = ("train", "val", "test")
+TRAINING_LABELS: list[str] = ["click", "like", "share", "dwell_time"]
+TRAINING_KEYS: list[str] = ["interaction_id", "user_id", "item_id", "event_timestamp", "request_ts", "device"]
+
+#: Arrow type of each spec dtype (`feedstore.core.spec.Dtype`) in the offline tables.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "float32_list": pa.list_(pa.float32()),
+    "timestamp": TIMESTAMP,
+}
 
 
-def users_path(data_dir: Path) -> Path:
-    return raw_dir(data_dir) / "users.parquet"
-
-
-def items_path(data_dir: Path) -> Path:
-    return raw_dir(data_dir) / "items.parquet"
-
-
-def interactions_dir(data_dir: Path) -> Path:
-    return raw_dir(data_dir) / "interactions"
-
-
-def faults_path(data_dir: Path) -> Path:
-    return raw_dir(data_dir) / "faults.json"
-
-
-def realism_report_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "reports" / "realism.json"
+def offline_schema(view) -> pa.Schema:
+    """The offline table of a feature view (`spec.ViewSpec`): its keys (int64), `event_timestamp` and every feature
+    column the spec derives, in order. Feast's FeatureView schema is derived from the same spec."""
+    return pa.schema([*(pa.field(k, pa.int64()) for k in view.keys), pa.field("event_timestamp", TIMESTAMP),
+                      *(pa.field(c.name, ARROW_TYPES[c.dtype]) for c in view.columns())])

@@ -14,7 +14,7 @@ Guarantees: one output row per entity row, duplicates kept, in the entity datafr
 feature row exists within ttl. Entity rows may be a DataFrame or a SQL query (which stays inside DuckDB);
 `iter_batches` / `persist` stream the result batch by batch, each batch reading only the feature rows its time
 span can pick, so memory follows the batch size rather than the row count. Registered in feature_store.yaml as
-`offline_store: {type: feedstore.offline_store.AsofDuckDBOfflineStore}`.
+`offline_store: {type: feedstore.plugins.asof_duckdb.AsofDuckDBOfflineStore}`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_
 from feast.on_demand_feature_view import OnDemandFeatureView
 from pydantic import StrictStr
 
-from feedstore import duck
+from feedstore.core import duck
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ FEATURE_TS_PREFIX = "_feature_ts__"
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     """Feast's duckdb offline store settings, plus a memory bound for the point-in-time join."""
 
-    type: StrictStr = "feedstore.offline_store.AsofDuckDBOfflineStore"
+    type: StrictStr = "feedstore.plugins.asof_duckdb.AsofDuckDBOfflineStore"
     memory_limit: StrictStr | None = None
     """DuckDB memory limit of a retrieval (e.g. "4GB"); beyond it the joins and the sort spill to `temp_directory`.
     Default: DuckDB's (80% of RAM)."""

@@ -16,9 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feedstore.config import PipelineConfig
-from feedstore.offline_store import FEATURE_TS_PREFIX
-from feedstore.quality import TABLE, GXRunner, ValidationFailed, expectation, suite, summary_table
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import PipelineConfig
+from feedstore.core.contracts import TRAINING_KEYS, TRAINING_LABELS
+from feedstore.core.errors import ValidationFailed
+from feedstore.core.gx import TABLE, GXRunner, expectation, suite, summary_table
+from feedstore.plugins.asof_duckdb import FEATURE_TS_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,18 @@ def _missing(col: pa.ChunkedArray) -> int:
 class TrainingSetGate:
     """Feed with `add(batch, split_labels)`; `finish()` runs GX and raises ValidationFailed on any failure."""
 
-    def __init__(self, cfg: PipelineConfig, features: list[str]):
+    def __init__(self, cfg: PipelineConfig, features: list[str] | None = None):
         self.cfg, self.features = cfg, features
         self.rows = 0
-        self._missing = np.zeros(len(features), np.int64)
+        self._missing = np.zeros(len(features), np.int64) if features is not None else None
         self._folds: list[pd.DataFrame] = []
 
     def add(self, table: pa.Table, split: np.ndarray) -> None:
+        """Fold one batch of joined rows (and their split labels) in."""
+        if self.features is None:  # the builder's first batch: every column that is not a key, label or feature ts
+            self.features = [c for c in table.column_names if c not in TRAINING_KEYS + TRAINING_LABELS
+                             and not c.startswith(FEATURE_TS_PREFIX)]
+            self._missing = np.zeros(len(self.features), np.int64)
         self.rows += table.num_rows
         self._missing += [_missing(table.column(f)) for f in self.features]
         ts = table.column("event_timestamp")
@@ -115,15 +123,14 @@ class TrainingSetGate:
                 f"{o.rule} (e.g. {o.examples[:2] or o.observed_value})" for o in failed[:3]))
 
 
-def validate_published(cfg: PipelineConfig, version: str) -> None:
-    """Re-run the training-set gate on a published set, streaming each split file in batches."""
+def validate_training_set(cfg: PipelineConfig, version: str) -> None:
+    """Stage gate `validate-training-set`: re-run the training-set gate on a published set, streaming each split file
+    in batches."""
     import json
 
     import pyarrow.parquet as pq
 
-    from training_data.training_set import training_dir
-
-    path = training_dir(cfg.data_dir) / version
+    path = Catalog(cfg.data_dir).published_training_set(version)
     manifest = json.loads((path / "manifest.json").read_text())
     gate = TrainingSetGate(cfg, list(manifest["features"]))
     for name in ("train", "val", "test"):

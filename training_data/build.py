@@ -1,7 +1,5 @@
 """Point-in-time training sets: validated impressions -> get_historical_features(feed_ranking_v1) -> time splits.
 
-`python -m training_data.training_set [--version V]` is the same as `feedstore training-set`.
-
 Output, under `<data-dir>/training/<version>/` (version: given, or a fingerprint of the inputs and config, so a
 rebuild of the same inputs lands in the same place):
 
@@ -13,8 +11,9 @@ rebuild of the same inputs lands in the same place):
 * `report/feature_report.json` + `report/index.html` + PNGs: per split and feature null rate, mean, std,
   quantiles, and the population stability index train -> val and train -> test.
 
-The sets pass a GX gate before they are published: label values, split labels, null rates, and no joined
-feature row stamped after its impression.
+The build is staged: `build_training_set` writes everything into a staging folder and feeds each batch to its
+observers (the GX gate, `gate.py`); the runner finishes the gate and only then publishes the set
+(`StagedTrainingSet.publish`), so a set that fails its gate is never visible.
 
 The build streams (`splits.batch_rows` rows at a time): the entity rows stay a DuckDB query that the offline
 store runs, and each batch of joined rows feeds the split files, the gate and the report before the next is
@@ -23,42 +22,38 @@ read, so 10M rows need no more memory than 1M.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feedstore import duck
-from feedstore.config import PipelineConfig
-from feedstore.errors import FeedstoreError, InputDataError
-from feedstore.io import PARQUET_OPTIONS, replace_dir, write_json
+from feedstore.core import duck
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import PipelineConfig
+from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
+from feedstore.core.errors import FeedstoreError, InputDataError
+from feedstore.core.io import PARQUET_OPTIONS, replace_dir, write_json
+from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-LABELS = ["click", "like", "share", "dwell_time"]
-KEYS = ["interaction_id", "user_id", "item_id", "event_timestamp", "request_ts", "device"]
-FEATURE_SERVICE = "feed_ranking_v1"
 
-
-def training_dir(data_dir: Path) -> Path:
-    return Path(data_dir).resolve() / "training"
 
 
 def entity_query(cfg: PipelineConfig, start=None, end=None) -> str:
     """Validated impressions as the entity rows, in the documented order (event_timestamp, interaction_id): a
     DuckDB query that the offline store runs itself, so the rows never have to fit in Python."""
-    glob = Path(cfg.data_dir).resolve() / "validated" / "interactions"
+    glob = Catalog(cfg.data_dir).validated_interactions
     if not glob.exists():
         raise InputDataError(f"{glob}: not found (run `feedstore validate` first)")
     where = []
@@ -97,45 +92,14 @@ def fingerprint(cfg: PipelineConfig, store) -> str:
     return h.hexdigest()[:12]
 
 
-def _utc(ts) -> pd.Timestamp:
-    """A config timestamp as UTC (naive means UTC)."""
-    t = pd.Timestamp(ts)
-    return t.tz_localize("UTC") if t.tzinfo is None else t
 
 
-def time_cuts(sorted_us: np.ndarray, cfg: PipelineConfig) -> tuple[int, int]:
-    """(train_end, val_end) in UTC microseconds: the configured cuts, or the timestamps at the ratio positions
-    of the time-ordered rows (so all rows of one timestamp land in one split)."""
-    s = cfg.splits
-    if s.train_end is not None:
-        return _utc(s.train_end).value // 1000, _utc(s.val_end).value // 1000
-    n = len(sorted_us)
-    return int(sorted_us[min(int(n * s.train), n - 1)]), int(sorted_us[min(int(n * (s.train + s.val)), n - 1)])
 
 
-def label_rows(us: np.ndarray, cuts: tuple[int, int], cfg: PipelineConfig) -> np.ndarray:
-    """Split label per row ("train"/"val"/"test"/"gap") from UTC microseconds and the cuts."""
-    s = cfg.splits
-    cut1, cut2 = cuts
-    gap = int(s.gap_hours * 3_600_000_000)
-    label = np.full(len(us), "gap", dtype=object)
-    label[us < cut1] = "train"
-    if not (s.val == 0 and s.train_end is None):
-        label[(us >= cut1 + gap) & (us < cut2)] = "val"
-    label[us >= cut2 + gap] = "test"
-    return label
 
 
-def describe_cuts(cuts: tuple[int, int], cfg: PipelineConfig) -> dict[str, Any]:
-    iso = [pd.Timestamp(c, unit="us", tz="UTC").isoformat() for c in cuts]
-    return {"train_end": iso[0], "val_end": iso[1], "gap_hours": cfg.splits.gap_hours}
 
 
-def split_by_time(ts: pd.Series, cfg: PipelineConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Split labels of in-memory timestamps, and the cuts (the builder does the same on streamed batches)."""
-    us = pd.DatetimeIndex(ts).tz_convert("UTC").as_unit("us").asi8
-    cuts = time_cuts(np.sort(us), cfg)
-    return label_rows(us, cuts, cfg), describe_cuts(cuts, cfg)
 
 
 @dataclass(frozen=True)
@@ -147,8 +111,11 @@ class TrainingSetResult:
 
 
 def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, version: str | None = None,
-                       start=None, end=None, report_plots: bool = True) -> TrainingSetResult:
-    """Build, validate and publish a training set; return where it is and what it contains.
+                       start=None, end=None, report_plots: bool = True,
+                       observers: Sequence[BatchObserver] = ()) -> StagedTrainingSet:
+    """Stage `training-set`: build a training set into a staging folder and return it unpublished; every batch of
+    joined rows (with the matched feature timestamps) also goes to `observers.add(batch, split_labels)` (the
+    gate). The caller finishes its gate, then `publish()`es (or the staging folder is removed on exit).
 
     Streams: the entity rows stay a DuckDB query, get_historical_features is read `splits.batch_rows` rows at a
     time, and each batch feeds the split files, the gate and the report before the next one is read. Memory
@@ -157,10 +124,9 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     """
     from feast.errors import FeastError
 
-    from feedstore.offline_store import FEATURE_TS_PREFIX, EntityDataFrameError
-    from feedstore.serving import feature_store
-    from training_data.report import FeatureSummary, feature_report
-    from training_data.validation import TrainingSetGate
+    from feedstore.core.feast_repo import feature_store
+    from feedstore.plugins.asof_duckdb import FEATURE_TS_PREFIX, EntityDataFrameError
+    from feedstore.training_data.report import FeatureSummary, feature_report
 
     t0 = time.perf_counter()
     store = feature_store(cfg, online_store or cfg.serving.online_store)
@@ -171,10 +137,10 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     query = entity_query(cfg, start, end)
     us = np.sort(entity_timestamps(query))
     if not len(us):
-        raise InputDataError(f"{Path(cfg.data_dir).resolve() / 'validated' / 'interactions'}: no validated "
+        raise InputDataError(f"{Catalog(cfg.data_dir).validated_interactions}: no validated "
                              "interactions in the selected range")
     cuts = time_cuts(us, cfg)
-    expected = pd.Series(label_rows(us, cuts, cfg)).value_counts().reindex([*SPLITS, "gap"], fill_value=0)
+    expected = pd.Series(label_rows(us, cuts, cfg)).value_counts().reindex([*TRAINING_SPLITS, "gap"], fill_value=0)
     fp = fingerprint(cfg, store)
     version = version or f"fp-{fp}"
     try:
@@ -182,17 +148,17 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     except (EntityDataFrameError, FeastError) as e:  # e.g. a request field or join key missing from the rows
         raise FeedstoreError(f"get_historical_features: {str(e).splitlines()[0]}") from None
 
-    out = training_dir(cfg.data_dir) / version
+    out = Catalog(cfg.data_dir).training / version
     stage = out.with_name(f".{version}.staging-{uuid.uuid4().hex[:8]}")
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
     try:
         import pyarrow.parquet as pq
 
-        retrieval_s, rows_out, summary, gate = 0.0, 0, None, None
+        retrieval_s, rows_out, summary = 0.0, 0, None
         dtypes: dict[str, str] = {}
         numeric: list[str] = []
-        totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in SPLITS}
+        totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in TRAINING_SPLITS}
         batches = job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True)
         while True:
             t1 = time.perf_counter()
@@ -205,13 +171,13 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             rows_out += table.num_rows
             public = table.select([c for c in table.column_names if not c.startswith(FEATURE_TS_PREFIX)])
             if summary is None:  # first batch: the feature columns and their types (the same in every batch)
-                features = [c for c in public.column_names if c not in KEYS + LABELS]
+                features = [c for c in public.column_names if c not in TRAINING_KEYS + TRAINING_LABELS]
                 dtypes = {c: str(public.schema.field(c).type) for c in features}
                 numeric = [c for c in features if _is_numeric(public.schema.field(c).type)]
-                summary = FeatureSummary(numeric, {n: int(expected[n]) for n in SPLITS})
-                gate = TrainingSetGate(cfg, features)
-            gate.add(table, label)
-            for name in SPLITS:
+                summary = FeatureSummary(numeric, {n: int(expected[n]) for n in TRAINING_SPLITS})
+            for observer in observers:
+                observer.add(table, label)
+            for name in TRAINING_SPLITS:
                 mask = label == name
                 if not mask.any():
                     continue
@@ -223,8 +189,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 _add_totals(totals[name], part)
         if rows_out != len(us):
             raise FeedstoreError(f"get_historical_features returned {rows_out} rows for {len(us)} entity rows")
-        gate.finish(Path(cfg.data_dir) / "reports" / "data_docs")
-        for name in SPLITS:  # a split with no rows still gets its (empty) file
+        for name in TRAINING_SPLITS:  # a split with no rows still gets its (empty) file
             if name in writers:
                 writers.pop(name).close()
             else:
@@ -236,11 +201,11 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             "fingerprint": fp,
             "feature_service": FEATURE_SERVICE,
             "entity_rows": int(len(us)),
-            "rows": {n: totals[n]["rows"] for n in SPLITS},
+            "rows": {n: totals[n]["rows"] for n in TRAINING_SPLITS},
             "dropped_in_gaps": int(expected["gap"]),
             "cuts": describe_cuts(cuts, cfg),
-            "splits": {n: _split_summary(totals[n]) for n in SPLITS},
-            "labels": LABELS,
+            "splits": {n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
+            "labels": TRAINING_LABELS,
             "features": dtypes,
             "numeric_features": numeric,
             "row_order": "event_timestamp, then interaction_id (one row per validated impression)",
@@ -248,20 +213,56 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             "batch_rows": cfg.splits.batch_rows,
             "timings_seconds": {"get_historical_features": round(retrieval_s, 3),
                                 "total": round(time.perf_counter() - t0, 3)},
-            "built_from": str(Path(cfg.data_dir).resolve()),
+            "built_from": str(Catalog(cfg.data_dir).root),
         }
         write_json(manifest, stage / "manifest.json")
-        replace_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     finally:
         for w in writers.values():
             w.close()
-        shutil.rmtree(stage, ignore_errors=True)
-    log.info("training set %s: %s -> %s in %.1f s (get_historical_features %.1f s); report %s", version,
-             ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()), out, time.perf_counter() - t0,
-             retrieval_s, out / "report" / "index.html")
-    for name, s in manifest["splits"].items():
-        log.info("  %-5s %s .. %s  CTR %.4f", name, s["min_event_timestamp"], s["max_event_timestamp"], s["ctr"] or 0)
-    return TrainingSetResult(out, version, manifest["rows"], manifest)
+    log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
+             time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
+    return StagedTrainingSet(stage, out, version, manifest)
+
+
+class BatchObserver(Protocol):
+    """Sees every batch of joined rows of a build (e.g. the training-set gate)."""
+
+    def add(self, table: pa.Table, split: np.ndarray) -> None: ...
+
+
+@dataclass
+class StagedTrainingSet:
+    """A built, unpublished training set: `publish()` makes it visible at once; leaving the `with` block without
+    publishing (a failed gate) removes it."""
+
+    stage: Path
+    out: Path
+    version: str
+    manifest: dict[str, Any]
+    published: bool = False
+
+    def publish(self) -> TrainingSetResult:
+        """Swap the staged set into `training/<version>/` (atomic rename)."""
+        replace_dir(self.stage, self.out)
+        self.published = True
+        log.info("training set %s -> %s; report %s", self.version, self.out, self.out / "report" / "index.html")
+        for name, s in self.manifest["splits"].items():
+            log.info("  %-5s %s .. %s  CTR %.4f", name, s["min_event_timestamp"], s["max_event_timestamp"],
+                     s["ctr"] or 0)
+        return TrainingSetResult(self.out, self.version, self.manifest["rows"], self.manifest)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def __enter__(self) -> StagedTrainingSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.published:
+            self.discard()
 
 
 def _is_numeric(t: pa.DataType) -> bool:
@@ -304,34 +305,3 @@ def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> Non
 
 def load_split(path: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(Path(path) / f"{name}.parquet")
-
-
-def latest_version(data_dir: Path) -> Path:
-    root = training_dir(data_dir)
-    versions = sorted((p for p in root.glob("*") if (p / "manifest.json").exists()), key=lambda p: p.stat().st_mtime)
-    if not versions:
-        raise InputDataError(f"{root}: no training set (run `feedstore training-set` first)")
-    return versions[-1]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m training_data.training_set`: the same as `feedstore training-set`."""
-    parser = argparse.ArgumentParser(description="Build a point-in-time training set through Feast.")
-    parser.add_argument("--version")
-    parser.add_argument("--online-store", choices=["sqlite", "redis"])
-    args, rest = parser.parse_known_args(argv)
-    from feedstore.cli import main as cli_main
-
-    cmd = [*rest, "training-set"]
-    if args.version:
-        cmd += ["--version", args.version]
-    if args.online_store:
-        cmd += ["--online-store", args.online_store]
-    cli_main(cmd)
-
-
-if __name__ == "__main__":
-    main()
-
-
-

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from feedstore.config import ENV_CONFIG, ENV_DATA_DIR, ENV_PRESET, PipelineConfig, load_config
-from feedstore.errors import FeedstoreError
-from feedstore.logs import configure_logging
+from feedstore.core.config import ENV_CONFIG, ENV_DATA_DIR, ENV_PRESET, PipelineConfig, load_config
+from feedstore.core.errors import FeedstoreError
+from feedstore.core.logs import configure_logging
 
 log = logging.getLogger("feedstore")
 
@@ -92,7 +92,7 @@ def _generation_overrides(users, items, interactions, start, end, seed) -> dict[
 @click.pass_obj
 def generate(g: Globals, users, items, interactions, start, end, seed, fault_rate, workers, report) -> None:
     """Generate synthetic users, items and impressions into <data-dir>/raw/."""
-    from feedstore.pipeline import generate_events
+    from feedstore.shell.runner import generate_events
 
     cfg = g.load(_generation_overrides(users, items, interactions, start, end, seed))
     generate_events(cfg, fault_rate=fault_rate, workers=workers, report=report, progress=sys.stderr.isatty())
@@ -106,7 +106,7 @@ def generate(g: Globals, users, items, interactions, start, end, seed, fault_rat
 @click.pass_obj
 def validate(g: Globals, start, end, as_of) -> None:
     """Validate raw data with Great Expectations; quarantine bad rows; stop on failure (exit 4)."""
-    from feedstore.pipeline import validate_events
+    from feedstore.shell.runner import validate_events
 
     cfg = g.load()
     _check_range(start, end)
@@ -137,11 +137,11 @@ _TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%
 @click.pass_obj
 def stats(g: Globals, start, end) -> None:
     """Compute timestamped user / item / user x item statistics into <data-dir>/offline/."""
-    from feedstore.pipeline import compute_feature_stats
+    from feedstore.shell.runner import compute_stats
 
     cfg = g.load()
     _check_range(start, end)
-    compute_feature_stats(cfg, start=_as_date(start), end=_as_date(end))
+    compute_stats(cfg, start=_as_date(start), end=_as_date(end))
 
 
 @cli.command()
@@ -149,9 +149,9 @@ def stats(g: Globals, start, end) -> None:
 @click.pass_obj
 def apply(g: Globals, online_store) -> None:
     """Register the Feast definitions in feature_repo/ (runs `feast apply`)."""
-    from feedstore.pipeline import apply_feature_definitions
+    from feedstore.shell.runner import apply_definitions
 
-    apply_feature_definitions(g.load(), online_store)
+    apply_definitions(g.load(), online_store)
 
 
 @cli.command()
@@ -162,7 +162,7 @@ def apply(g: Globals, online_store) -> None:
 @click.pass_obj
 def materialize(g: Globals, online_store, end, force) -> None:
     """Load the latest features of every entity into the online store (never rolls it back unless --force)."""
-    from feedstore.pipeline import materialize_online
+    from feedstore.shell.runner import materialize_online
 
     materialize_online(g.load(), online_store, _as_utc(end), force=force)
 
@@ -178,14 +178,14 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
     """Online features of feed_ranking_v1 for a user and candidate items, as JSON on stdout."""
     import json
 
-    from feedstore.serving import lookup as do_lookup
+    from feedstore.shell.runner import lookup as do_lookup
 
     try:
         item_ids = [int(x) for x in items.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {items!r}", param_hint="--items") from None
     cfg = g.load()
-    result = do_lookup(cfg, online_store or cfg.serving.online_store, user_id, item_ids, device, _as_utc(at))
+    result = do_lookup(cfg, user_id, item_ids, device, _as_utc(at), online_store)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -195,12 +195,9 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
 @click.pass_obj
 def check_skew(g: Globals, sample, online_store) -> None:
     """Compare online values with get_historical_features at the materialization time (exit 6 on mismatch)."""
-    from feedstore.pipeline import check_training_serving_skew
+    from feedstore.shell.runner import check_skew as run
 
-    cfg = g.load()
-    if sample:
-        cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"skew_sample": sample})})
-    check_training_serving_skew(cfg, online_store=online_store)
+    run(g.load(), online_store, sample)
 
 
 @cli.command("training-set")
@@ -211,7 +208,7 @@ def check_skew(g: Globals, sample, online_store) -> None:
 @click.pass_obj
 def training_set(g: Globals, version, start, end, online_store) -> None:
     """Build train / val / test through get_historical_features(feed_ranking_v1), with manifest and report."""
-    from feedstore.pipeline import build_training_set
+    from feedstore.shell.runner import build_training_set
 
     _check_range(start, end)
     build_training_set(g.load(), version=version, start=_as_date(start), end=_as_date(end),
@@ -223,9 +220,9 @@ def training_set(g: Globals, version, start, end, online_store) -> None:
 @click.pass_obj
 def evaluate(g: Globals, version) -> None:
     """Baseline classifier: AUC and log loss on val and test, written to the manifest (a leakage alarm)."""
-    from feedstore.pipeline import evaluate_baseline
+    from feedstore.shell.runner import evaluate_training_set
 
-    evaluate_baseline(g.load(), version)
+    evaluate_training_set(g.load(), version)
 
 
 @cli.command()
@@ -235,23 +232,14 @@ def run(g: Globals, users, items, interactions, start, end, seed) -> None:
     """Run every stage: generate, validate, stats, apply, materialize, a sample lookup, training set, evaluate."""
     import json
 
-    from feedstore import pipeline as p
-    from feedstore.serving import lookup as do_lookup
+    from feedstore.shell.runner import run_pipeline
 
     cfg = g.load(_generation_overrides(users, items, interactions, start, end, seed))
-    log.info("pipeline run: data dir %s, online store %s", cfg.data_dir.resolve(), cfg.serving.online_store)
-    p.generate_events(cfg, progress=sys.stderr.isatty())
-    p.validate_events(cfg)
-    p.compute_feature_stats(cfg)
-    p.apply_feature_definitions(cfg)
-    result = p.materialize_online(cfg)
-    sample = p.sample_request(cfg)
-    answer = do_lookup(cfg, cfg.serving.online_store, sample["user_id"], sample["item_ids"], sample["device"],
-                       result.end)
-    log.info("sample lookup (user %s, %d candidates, at %s), first candidate:\n%s", sample["user_id"],
-             len(sample["item_ids"]), result.end.isoformat(), json.dumps(answer["candidates"][0], indent=2))
-    built = p.build_training_set(cfg)
-    metrics = p.evaluate_baseline(cfg, built.version)
+    out = run_pipeline(cfg, progress=sys.stderr.isatty())
+    answer, built, metrics = out["lookup"], out["training_set"], out["metrics"]
+    log.info("sample lookup (user %s, %d candidates, at %s), first candidate:\n%s", answer["user_id"],
+             len(answer["candidates"]), out["materialized_at"].isoformat(),
+             json.dumps(answer["candidates"][0], indent=2))
     log.info("pipeline run complete: training set %s (%s); baseline AUC val %.4f, test %.4f", built.path,
              ", ".join(f"{k} {v:,}" for k, v in built.rows.items()), metrics["val"]["auc"], metrics["test"]["auc"])
 

@@ -15,9 +15,9 @@ from datetime import datetime
 
 import pandas as pd
 
-from feedstore.config import DEVICES, PipelineConfig
-from feedstore.quality import TABLE, expectation, suite
-from ingestion.schemas import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, TIME_OF_DAY, USERS_SCHEMA
+from feedstore.core.config import DEVICES, PipelineConfig
+from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, TIME_OF_DAY, USERS_SCHEMA
+from feedstore.core.gx import TABLE, expectation, suite
 
 USERS_SUITE = "raw_users.v1"
 ITEMS_SUITE = "raw_items.v1"

@@ -24,19 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feedstore.errors import FeedstoreError
-
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 log = logging.getLogger(__name__)
 
 ROW, TABLE = "row", "table"
-
-
-class ValidationFailed(FeedstoreError):
-    """A validation gate failed: critical expectations failed or too many rows were quarantined."""
-
-    exit_code = 4
 
 
 def expectation(cls_name: str, rule: str, level: str = ROW, **kwargs: Any):

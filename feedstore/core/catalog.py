@@ -1,0 +1,128 @@
+"""The catalog of every path under the data dir: stages name what they read and write here, never build paths
+as strings of their own. `Catalog(data_dir)` resolves the root once (absolute), so a relative data dir, a
+changed working directory or a copied data dir all read their own files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The offline feature tables (one hive-partitioned Parquet dataset each, `date=YYYY-MM-DD/`).
+PARTITION = "date"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Paths of one data dir."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    # ---- raw (generate)
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def raw_users(self) -> Path:
+        return self.raw / "users.parquet"
+
+    @property
+    def raw_items(self) -> Path:
+        return self.raw / "items.parquet"
+
+    @property
+    def raw_interactions(self) -> Path:
+        return self.raw / "interactions"
+
+    @property
+    def faults(self) -> Path:
+        return self.raw / "faults.json"
+
+    # ---- validated and quarantined (validate)
+    @property
+    def validated(self) -> Path:
+        return self.root / "validated"
+
+    @property
+    def validated_users(self) -> Path:
+        return self.validated / "users.parquet"
+
+    @property
+    def validated_items(self) -> Path:
+        return self.validated / "items.parquet"
+
+    @property
+    def validated_interactions(self) -> Path:
+        return self.validated / "interactions"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    # ---- offline feature tables (stats)
+    @property
+    def offline(self) -> Path:
+        return self.root / "offline"
+
+    def view(self, name: str) -> Path:
+        """The offline table of one feature view."""
+        return self.offline / name
+
+    def view_glob(self, name: str) -> Path:
+        """Every Parquet file of one feature view (what Feast's FileSource and DuckDB read)."""
+        return self.view(name) / "**" / "*.parquet"
+
+    @staticmethod
+    def partition(day: str) -> str:
+        """The partition folder name of a day (YYYY-MM-DD)."""
+        return f"{PARTITION}={day}"
+
+    # ---- training sets
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
+
+    def training_set(self, version: str) -> Path:
+        return self.training / version
+
+    def published_training_set(self, version: str | None = None) -> Path:
+        """A published training set's folder (one with a manifest): `version`, or the newest one."""
+        from feedstore.core.errors import InputDataError
+
+        if version:
+            path = self.training_set(version)
+        else:
+            versions = sorted((p for p in self.training.glob("*") if (p / "manifest.json").exists()),
+                              key=lambda p: p.stat().st_mtime)
+            path = versions[-1] if versions else self.training
+        if not (path / "manifest.json").exists():
+            raise InputDataError(f"{path}: no training set there (run `feedstore training-set` first)")
+        return path
+
+    # ---- reports
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def realism_report(self) -> Path:
+        return self.reports / "realism.json"
+
+    @property
+    def validation_reports(self) -> Path:
+        return self.reports / "validation"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.reports / "data_docs"
+
+    # ---- Feast
+    @property
+    def feast(self) -> Path:
+        return self.root / "feast"
+
+    def registry(self, online_store: str) -> Path:
+        return self.feast / f"registry.{online_store}.db"
