@@ -247,7 +247,7 @@ def run(g: Globals, users, items, interactions, start, end, seed) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures become one line on stderr and a non-zero exit, no traceback."""
     # Interpreter shutdown would garbage-collect every object of the big libraries a stage imported (GX alone:
-    # ~0.8 s). Freezing them at exit skips that final pass; atexit handlers and flushing still run.
+    # see bench/RESULTS.md). Freezing them at exit skips that final pass; atexit handlers and flushing still run.
     atexit.register(gc.freeze)
     try:
         cli.main(args=argv, prog_name="feedstore", standalone_mode=False)
