@@ -43,6 +43,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
 from feedstore.core.errors import FeedstoreError, InputDataError
 from feedstore.core.io import PARQUET_OPTIONS, replace_dir, write_json
+from feedstore.core.prefetch import prefetch
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,12 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     except (EntityDataFrameError, FeastError) as e:  # e.g. a request field or join key missing from the rows
         raise FeedstoreError(f"get_historical_features: {str(e).splitlines()[0]}") from None
 
+    # what the end of the build needs (the gate's GX, the report's plots, the preprocessor), imported while
+    # DuckDB runs the joins (started after this function's own imports: core/prefetch.py)
+    import pyarrow.parquet  # noqa: F401
+
+    prefetch("great_expectations", "matplotlib.pyplot", "sklearn.pipeline", "sklearn.impute", "sklearn.preprocessing",
+             "joblib")
     out = Catalog(cfg.data_dir).training / version
     stage = out.with_name(f".{version}.staging-{uuid.uuid4().hex[:8]}")
     stage.mkdir(parents=True)

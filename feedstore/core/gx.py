@@ -109,6 +109,9 @@ class GXRunner:
     """One ephemeral GX context per stage run; validates DataFrames and builds Data Docs."""
 
     def __init__(self, docs_dir: Path | None = None, example_rows: int = 5):
+        from feedstore.core.prefetch import wait
+
+        wait("great_expectations")  # if a stage started importing it in the background (core/prefetch.py)
         import great_expectations as gx
 
         # GX sets INFO on some of its own loggers at import: quiet every one of them

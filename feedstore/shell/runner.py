@@ -32,9 +32,11 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
 
 def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None):
     """`stats`: timestamped statistics, computed staged, gated, then published (a failed gate publishes nothing)."""
+    from feedstore.core.prefetch import prefetch
     from feedstore.ingestion.stats.compute import compute_stats as run
     from feedstore.ingestion.stats.gate import validate_stats as gate
 
+    prefetch("great_expectations")  # for the gate, imported while DuckDB and the writers compute the statistics
     with run(cfg, start=start, end=end) as staged:
         gate(cfg, staged.days, root=staged.root)
         staged.publish()
