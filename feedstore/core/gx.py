@@ -114,6 +114,10 @@ class GXRunner:
         wait("great_expectations")  # if a stage started importing it in the background (core/prefetch.py)
         import great_expectations as gx
 
+        from feedstore.core import gx_fast
+
+        gx_fast.apply()
+
         # GX sets INFO on some of its own loggers at import: quiet every one of them
         for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
             logging.getLogger(name).setLevel(logging.WARNING)
