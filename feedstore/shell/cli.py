@@ -266,5 +266,25 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+_GLOBAL_OPTIONS = ("--config", "--data-dir", "--preset", "--log-level")
+
+
+def training_set_main() -> None:
+    """`feedstore-training-set [options]`: the training-set builder script, the same as `feedstore training-set`
+    (global options such as --data-dir may come anywhere)."""
+    argv, rest = sys.argv[1:], []
+    head: list[str] = []
+    while argv:
+        arg = argv.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in _GLOBAL_OPTIONS:
+            head.append(arg)
+            if "=" not in arg and argv:
+                head.append(argv.pop(0))
+        else:
+            rest.append(arg)
+    main([*head, "training-set", *rest])
+
+
 if __name__ == "__main__":
     main()
