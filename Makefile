@@ -32,6 +32,7 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 bench: $(STAMP)
+	$(BIN)/python bench/commands.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/serving.py
