@@ -363,14 +363,20 @@ def encode_values(col: pa.Array, vt: ValueType) -> tuple[np.ndarray, np.ndarray]
     tag = _TAG[vt]
     if vt in (ValueType.INT64, ValueType.INT32):
         v = col.to_numpy(zero_copy_only=False)
-        v = np.where(valid, v, 0).astype(np.int64) if col.null_count else v.astype(np.int64)
+        if col.null_count:  # float64 with NaN, as Feast sees it: big values round, >= 2**63 fails as in Feast
+            v = np.where(valid, v, 0)
+            if (v >= 2.0**63).any():
+                raise ValueError(f"Value out of range: {int(v[v >= 2.0**63][0])}")
+        v = v.astype(np.int64)
         return _tagged(tag, _varint(v.view(np.uint64)), valid)
     if vt == ValueType.DOUBLE:
         v = col.to_numpy(zero_copy_only=False).astype(np.float64)
         return _tagged(tag, _fixed(v.astype("<f8"), 8), valid & ~np.isnan(v))
     if vt == ValueType.FLOAT:
         v = col.to_numpy(zero_copy_only=False).astype(np.float64)
-        return _tagged(tag, _fixed(v.astype("<f4"), 4), valid & ~np.isnan(v))
+        with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf's float conversion gives
+            single = v.astype("<f4")
+        return _tagged(tag, _fixed(single, 4), valid & ~np.isnan(v))
     if vt == ValueType.BOOL:
         v = col.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64)
         return _tagged(tag, _varint(v), valid)
@@ -386,7 +392,8 @@ def encode_values(col: pa.Array, vt: ValueType) -> tuple[np.ndarray, np.ndarray]
     if vt in (ValueType.FLOAT_LIST, ValueType.DOUBLE_LIST):
         size, dtype = (4, "<f4") if vt == ValueType.FLOAT_LIST else (8, "<f8")
         count = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(dtype)
+        with np.errstate(over="ignore"):
+            flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(dtype)
         nbytes = count * size
         packed = _Rows(n)  # a repeated scalar field, packed: 0x0a <length> <values>, absent when empty
         packed.ragged(*_const_piece(b"\x0a", n, count > 0))
