@@ -235,12 +235,15 @@ def _parquet_batches(paths: list[str], batch_rows: int) -> Iterator[pa.RecordBat
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
 
 
-def _utc_timestamps(table: pa.Table) -> pa.Table:
-    """tz-aware timestamp columns in UTC (the DuckDB store's; Spark tags them with its session time zone)."""
-    for i, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type) and field.type.tz not in (None, "UTC"):
-            table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit, tz="UTC")))
-    return table
+def _as_duckdb_returns(table: pa.Table) -> pa.Table:
+    """The DuckDB store's output types: tz-aware timestamps in UTC (Spark tags them with its session time zone,
+    pandas input keeps its own), every field nullable (Parquet written by DuckDB marks NOT NULL columns), no
+    pandas metadata."""
+    fields = [pa.field(f.name, pa.timestamp(f.type.unit, tz="UTC")
+                       if pa.types.is_timestamp(f.type) and f.type.tz is not None else f.type)
+              for f in table.schema]
+    schema = pa.schema(fields)
+    return table.replace_schema_metadata(None) if schema.equals(table.schema) else table.cast(schema)
 
 
 class SparkPitRetrievalJob(RetrievalJob):
@@ -376,7 +379,7 @@ class SparkPitRetrievalJob(RetrievalJob):
             if names[col].startswith(FEATURE_TS_PREFIX):  # microseconds since the epoch -> UTC timestamps
                 values = values.cast(pa.timestamp("us", tz="UTC"))
             rows = rows.append_column(names[col], values)
-        return _utc_timestamps(rows).replace_schema_metadata(None)  # no pandas metadata (the DuckDB store has none)
+        return _as_duckdb_returns(rows)
 
     # ------------------------------------------------------------------------------------------ Feast's API
 
