@@ -179,7 +179,7 @@ def _join_view(spark, entity, plan: _ViewPlan, span: tuple[int, int] | None, pre
     missing = [c for c in [k for k, _ in plan.keys] + [plan.ts_column] + [f for f, _ in plan.features]
                if c not in src.columns]
     if missing:
-        raise EntityDataFrameError(f"{plan.name}: source {plan.path} has no column(s) {missing}")
+        raise ValueError(f"{plan.name}: source {plan.path} has no column(s) {missing}")
     key_names = [f"__k{i}" for i in range(len(plan.keys))]
     value = F.struct(F.col("__ts").alias("ts"),
                      *[_col(f).alias(f"f{i}") for i, (f, _) in enumerate(plan.features)])
@@ -268,15 +268,8 @@ class SparkPitRetrievalJob(RetrievalJob):
     def on_demand_feature_views(self) -> list:
         return self._odfvs
 
-    @property
-    def metadata(self) -> RetrievalMetadata:
-        """Computed when first asked for: for SQL entity rows it runs the query once more (a scan of all rows)."""
-        if self._metadata is None:
-            first, last = self._entity.time_range()
-            self._metadata = RetrievalMetadata(
-                features=self._feature_refs, keys=[c for c in self._entity.columns if c != self._entity.ts_col],
-                min_event_timestamp=first, max_event_timestamp=last)
-        return self._metadata
+    #: Computed when first asked for (for SQL entity rows: one more scan of the query), as the ASOF job does.
+    metadata = AsofRetrievalJob.metadata
 
     # ------------------------------------------------------------------------------------------ the join
 
@@ -384,6 +377,8 @@ class SparkPitRetrievalJob(RetrievalJob):
     # ------------------------------------------------------------------------------------------ Feast's API
 
     def _finish(self, table: pa.Table, keep_feature_ts: bool) -> pa.Table:
+        """Drop _ROW (and the FEATURE_TS columns unless kept); apply the on-demand views with the ASOF store's
+        own `_apply_odfv` (its `udf_input` conversions), so both stores feed the UDFs the same inputs."""
         drop = [_ROW] + ([] if keep_feature_ts else [c for c in table.column_names if c.startswith(FEATURE_TS_PREFIX)])
         table = table.drop_columns(drop)
         for odfv in self._odfvs:
