@@ -31,8 +31,12 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
 
 
 def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None):
-    """`stats`: timestamped statistics, computed staged, gated, then published (a failed gate publishes nothing)."""
-    from feedstore.ingestion.stats.compute import compute_stats as run
+    """`stats`: timestamped statistics, computed staged (on the configured engine), gated, then published (a failed
+    gate publishes nothing)."""
+    if cfg.engine == "spark":
+        from feedstore.ingestion.stats.spark_engine import compute_stats as run
+    else:
+        from feedstore.ingestion.stats.compute import compute_stats as run
     from feedstore.ingestion.stats.gate import validate_stats as gate
 
     with run(cfg, start=start, end=end) as staged:
