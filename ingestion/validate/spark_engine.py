@@ -75,7 +75,7 @@ class SparkGXRunner(GXRunner):
         self.spark_source = self.context.data_sources.add_spark("feedstore_spark")
         self._spark_assets: dict[str, Any] = {}
 
-    def validate_spark(self, df: DataFrame, expectation_suite: Any, asset_name: str, *, n_rows: int,
+    def validate_spark(self, df: DataFrame, expectation_suite: Any, asset_name: str, *,
                        example_columns: list[str] | None = None, run_name: str | None = None) -> list[RuleOutcome]:
         if expectation_suite.name not in self._suites:
             self._suites[expectation_suite.name] = self.context.suites.add(expectation_suite)
@@ -151,6 +151,16 @@ def _read_with_rows(spark: SparkSession, paths: list[str], files: pd.DataFrame |
     df = df.join(F.broadcast(lookup), "_uri").drop("_uri")
     return (df.withColumn(ROW_ID, F.col("_offset") + F.col("_source_row")).drop("_offset")
             .withColumnRenamed("_file", "_source_file"))
+
+
+def _gx_view(df: DataFrame, columns: list[str]) -> DataFrame:
+    """`columns` of `df` as GX sees them: a float NaN as null (pandas counts NaN as missing, Spark does not; the
+    outputs keep the raw value)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    floats = {f.name for f in df.schema if isinstance(f.dataType, (T.DoubleType, T.FloatType))}
+    return df.select(*[F.when(~F.isnan(c), F.col(c)).alias(c) if c in floats else F.col(c) for c in columns])
 
 
 def _occurrence(df: DataFrame, keys: list[str], order: list) -> Any:
@@ -238,8 +248,8 @@ def _validate_entity(spark: SparkSession, runner: SparkGXRunner, name: str, path
     n = table.num_rows
     df = _read_with_rows(spark, [str(path)])
     df = df.withColumn("_occurrence", _occurrence(df, [key], [F.col(ROW_ID)])).cache()
-    view = df.select(*schema.names, "_occurrence", ROW_ID)
-    outcomes = runner.validate_spark(view, with_row_id(gx_suite), f"raw_{name}_spark", n_rows=n,
+    view = _gx_view(df, [*schema.names, "_occurrence", ROW_ID])
+    outcomes = runner.validate_spark(view, with_row_id(gx_suite), f"raw_{name}_spark",
                                      example_columns=schema.names, run_name=f"raw {name}")
     bad, counts, n_bad = _reasons(spark, n, outcomes)
     res = TableResult(name, gx_suite.name, rows_in=n, validated=n - n_bad, quarantined=n_bad, by_reason=counts)
@@ -267,8 +277,8 @@ def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: Pipe
     full = _interactions_view(raw, users, items).cache()
     columns = INTERACTIONS_SCHEMA.names
     gx_suite = ex.interactions_suite(cfg, as_of)
-    view = full.select(*columns, *ex.DERIVED, ROW_ID)
-    outcomes = runner.validate_spark(view, with_row_id(gx_suite), "raw_interactions_spark", n_rows=n,
+    view = _gx_view(full, [*columns, *ex.DERIVED, ROW_ID])
+    outcomes = runner.validate_spark(view, with_row_id(gx_suite), "raw_interactions_spark",
                                      example_columns=columns,
                                      run_name=f"raw interactions {parts[0].day}..{parts[-1].day}")
     bad, counts, n_bad = _reasons(spark, n, outcomes)
@@ -299,33 +309,24 @@ def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: Pipe
         "like_rate": [sum(d[2] for d in per_day.values()) / validated if validated else float("nan")],
         "duplicate_id_fraction": [res.by_reason.get("duplicate_interaction_id", 0) / max(res.rows_in, 1)],
     })
-    for o in runner.validate_spark(spark.createDataFrame(totals), ex.interactions_totals_suite(cfg),
-                                   "raw_interactions_totals_spark", n_rows=1, run_name="raw interactions totals"):
+    for o in runner.validate_spark(_small(spark, totals), ex.interactions_totals_suite(cfg),
+                                   "raw_interactions_totals_spark", run_name="raw interactions totals"):
         o.observed_value = totals.iloc[0][o.kwargs["column"]].item()
         res.outcomes[o.rule] = o
     daily = _daily_frame(cfg, per_day, [p.day for p in parts])
-    daily_df = spark.createDataFrame(daily, "day STRING, rows BIGINT, rows_vs_median DOUBLE")
-    for o in runner.validate_spark(daily_df, ex.interactions_daily_suite(cfg), "raw_interactions_daily_spark",
-                                   n_rows=len(daily), run_name="raw interactions daily"):
-        failing = _failing_days(daily, o)
-        o.examples = [{"day": d} for d in failing]
-        o.observed_value = {"failing_days": failing} if not o.success else "all days ok"
+    for o in runner.validate_spark(_small(spark, daily), ex.interactions_daily_suite(cfg),
+                                   "raw_interactions_daily_spark", run_name="raw interactions daily"):
+        o.observed_value = {"failing_days": [e["day"] for e in o.examples]} if not o.success else "all days ok"
         res.outcomes[o.rule] = o
     res.extra["day_count"] = len(per_day)
     res.extra["totals"] = {k: totals.iloc[0][k].item() for k in totals.columns}
     return res
 
 
-def _failing_days(daily: pd.DataFrame, o: RuleOutcome) -> list[str]:
-    """Days a daily table rule flags (the bounds of the rule, applied to the small per-day frame)."""
-    col = daily[o.kwargs["column"]]
-    lo, hi = o.kwargs.get("min_value"), o.kwargs.get("max_value")
-    bad = pd.Series(False, index=daily.index)
-    if lo is not None:
-        bad |= col < lo
-    if hi is not None:
-        bad |= col > hi
-    return daily.loc[bad, "day"].head(5).tolist() if not o.success else []
+def _small(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
+    """A small driver-side frame as a Spark DataFrame with `_row` (its position), for the table-rule suites."""
+    table = pa.Table.from_pandas(frame.assign(**{ROW_ID: np.arange(len(frame), dtype=np.int64)}), preserve_index=False)
+    return spark.createDataFrame(table)  # from Arrow: typed even when empty
 
 
 def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
