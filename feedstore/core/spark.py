@@ -1,4 +1,5 @@
-"""One Spark session per process, started on first use and tuned for local mode.
+"""One Spark session per process, started on first use and tuned for local mode (`engine: spark`, the Spark
+offline store). Its settings are the pipeline config's `spark:` section (`feedstore.core.config.SparkConfig`).
 
 `get_spark(settings)` starts the session the first time it is called and returns the same one afterwards (the
 settings of later calls are ignored; a debug line says so when they differ). Every session computes in UTC
@@ -22,28 +23,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from feedstore.core.config import SparkConfig
 from feedstore.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-
-
-class SparkConfig(BaseModel):
-    """How to start the process's Spark session (will move into the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    master: str = "local[*]"
-    driver_memory: str = "2g"
-    executor_memory: str = "2g"
-    shuffle_partitions: int = Field(8, ge=1)
-    """spark.sql.shuffle.partitions: Spark's 200 costs ~200 tiny tasks per shuffle in local mode."""
-    conf: dict[str, str] = Field(default_factory=dict)
-    """Extra Spark settings, applied last (they win over the defaults below, except the time zone)."""
 
 
 #: Settings every session gets (the brief's invariants): they make results independent of the machine.
@@ -128,8 +114,7 @@ def get_spark(settings: SparkConfig | None = None) -> SparkSession:
         try:
             from pyspark.sql import SparkSession
         except ImportError:
-            raise ConfigError("the Spark offline store needs pyspark: pip install 'feedstore[spark]' "
-                              "(pyspark>=4.3,<4.4)") from None
+            raise ConfigError("Spark needs pyspark: pip install -e '.[spark]' (pyspark>=4.3,<4.4)") from None
         check_java()
         # the driver and the Python workers run this interpreter (the venv's), whatever PATH says
         os.environ["PYSPARK_PYTHON"] = sys.executable

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from feedstore.core.config import ENV_CONFIG, ENV_DATA_DIR, ENV_PRESET, PipelineConfig, load_config
+from feedstore.core.config import ENV_CONFIG, ENV_DATA_DIR, ENV_ENGINE, ENV_PRESET, PipelineConfig, load_config
 from feedstore.core.errors import FeedstoreError
 from feedstore.core.logs import configure_logging
 
@@ -28,9 +28,10 @@ class Globals:
     data_dir: Path | None
     preset: str | None
     log_level: str | None
+    engine: str | None = None
 
     def load(self, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-        merged = {"data_dir": self.data_dir, "log_level": self.log_level, **(overrides or {})}
+        merged = {"data_dir": self.data_dir, "log_level": self.log_level, "engine": self.engine, **(overrides or {})}
         cfg = load_config(self.config, preset=self.preset, overrides=merged)
         configure_logging(cfg.log_level)
         return cfg
@@ -44,15 +45,18 @@ class Globals:
 @click.option("--preset", default=None, help=f"Config overlay, e.g. 'realistic' [env {ENV_PRESET}].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default=None, help="Logging level (default INFO).")
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
+              help=f"Compute engine of validate and stats [env {ENV_ENGINE}; default duckdb; spark needs the "
+              "`spark` extra and Java].")
 @click.version_option(package_name="feedstore")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None, data_dir: Path | None, preset: str | None,
-        log_level: str | None) -> None:
+        log_level: str | None, engine: str | None) -> None:
     """feedstore: a point-in-time-correct feature pipeline for feed ranking.
 
     Each subcommand is one pipeline stage; `run` runs them all in order.
     """
-    ctx.obj = Globals(config, data_dir, preset, log_level)
+    ctx.obj = Globals(config, data_dir, preset, log_level, engine)
 
 
 def _generation_options(fn):

@@ -24,15 +24,23 @@ def generate_events(cfg: PipelineConfig, *, fault_rate: float = 0.0, workers: in
 
 def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
                     as_of: datetime | None = None):
-    """`validate`: the raw-data gate; writes validated/, quarantine/, reports; raises ValidationFailed."""
-    from feedstore.ingestion.validate.run import validate_events as run
+    """`validate`: the raw-data gate (on the configured engine); writes validated/, quarantine/, reports; raises
+    ValidationFailed."""
+    if cfg.engine == "spark":
+        from feedstore.ingestion.validate.spark_engine import validate_events as run
+    else:
+        from feedstore.ingestion.validate.run import validate_events as run
 
     return run(cfg, start=start, end=end, as_of=as_of)
 
 
 def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None):
-    """`stats`: timestamped statistics, computed staged, gated, then published (a failed gate publishes nothing)."""
-    from feedstore.ingestion.stats.compute import compute_stats as run
+    """`stats`: timestamped statistics, computed staged (on the configured engine), gated, then published (a failed
+    gate publishes nothing)."""
+    if cfg.engine == "spark":
+        from feedstore.ingestion.stats.spark_engine import compute_stats as run
+    else:
+        from feedstore.ingestion.stats.compute import compute_stats as run
     from feedstore.ingestion.stats.gate import validate_stats as gate
 
     with run(cfg, start=start, end=end) as staged:
