@@ -216,7 +216,7 @@ def test_bad_requests_are_clear_4xx(server):
                                   "entities": {**ok_entities, "item_id": ["a"]}}, 422, "item_id must be integers"),
         ("/rank", {"user_id": 1, "item_ids": [1, True]}, 422, "item_ids must be integers"),
         ("/rank", {"user_id": 1.5, "item_ids": [1]}, 422, "user_id must be integers"),
-        ("/rank", {"user_id": 1, "item_ids": [2**64]}, 422, "int64"),
+        ("/rank", {"user_id": 1, "item_ids": [2**63]}, 422, "int64"),
         ("/rank", {"user_id": 1, "item_ids": list(range(301))}, 413, "cap of 300"),
         ("/rank", {"user_id": 1, "item_ids": []}, 422, "no entity rows"),
         ("/rank", {"user_id": 1, "item_ids": [1], "device": "tv"}, 422, "device"),
