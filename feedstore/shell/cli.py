@@ -193,6 +193,25 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="FEEDSTORE_SERVE_HOST",
+              help="Interface to listen on (0.0.0.0 in a container) [env FEEDSTORE_SERVE_HOST].")
+@click.option("--port", type=click.IntRange(1, 65535), default=6567, show_default=True, envvar="FEEDSTORE_SERVE_PORT",
+              help="TCP port [env FEEDSTORE_SERVE_PORT].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              envvar="FEEDSTORE_SERVE_WORKERS", help="uvicorn worker processes [env FEEDSTORE_SERVE_WORKERS].")
+@click.option("--max-candidates", type=click.IntRange(min=1), default=1000, show_default=True,
+              envvar="FEEDSTORE_MAX_CANDIDATES",
+              help="Most entity rows / candidates one request may ask for (more: 413) [env FEEDSTORE_MAX_CANDIDATES].")
+@_ONLINE
+@click.pass_obj
+def serve(g: Globals, host, port, workers, max_candidates, online_store) -> None:
+    """HTTP feature server: Feast's /get-online-features, /rank (one user + N candidates), /health, /ready."""
+    from feedstore.shell.runner import serve as run
+
+    run(g.load(), online_store, host=host, port=port, workers=workers, max_candidates=max_candidates)
+
+
 @cli.command("check-skew")
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Entity rows to compare.")
 @_ONLINE

@@ -79,6 +79,14 @@ def lookup(cfg: PipelineConfig, user_id: int, item_ids: list[int], device: str =
     return run(cfg, user_id, item_ids, device, at, online_store)
 
 
+def serve(cfg: PipelineConfig, online_store: str | None = None, host: str = "127.0.0.1", port: int = 6567,
+          workers: int = 1, max_candidates: int = 1000) -> None:
+    """`serve`: the HTTP feature server (Feast's /get-online-features, /rank, /health, /ready) until interrupted."""
+    from feedstore.serving.http import serve as run
+
+    run(cfg, online_store, host=host, port=port, workers=workers, max_candidates=max_candidates)
+
+
 def build_training_set(cfg: PipelineConfig, *, version: str | None = None, start: date | None = None,
                        end: date | None = None, online_store: str | None = None, report_plots: bool = True):
     """`training-set`: built staged through get_historical_features, gated (fed batch by batch), then published."""
