@@ -144,3 +144,7 @@ class Catalog:
 
     def registry(self, online_store: str) -> Path:
         return self.feast / f"registry.{online_store}.db"
+
+    def changes_materialized(self, online_store: str) -> Path:
+        """How far one online store has caught up with the statistics' change log (`stats_changes`)."""
+        return self.feast / f"changes_materialized.{online_store}.json"

@@ -361,18 +361,10 @@ def _snapshot_table(view: ViewSpec, ents: _Entities, attrs: dict[str, np.ndarray
     }, schema=schema)
 
 
-def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
-                  spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
-    """Stage `stats`, staged for the gate; the caller publishes.
-
-    Without `start`: a full recompute of every view for snapshot days [first day of data, `end` (default: the
-    last)], and the tiles and lifetime state rebuilt from the same events. With `start`: the incremental update of
-    days [start, end] (default end: the last validated day) from those days' events, the stored tiles and the
-    state (`feedstore.ingestion.stats.incremental`)."""
-    if start is not None:
-        from feedstore.ingestion.stats.incremental import compute_incremental
-
-        return compute_incremental(cfg, start, end, spec)
+def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
+    """Stage `stats`, full recompute, staged for the gate (the caller publishes): every view for snapshot days
+    [first day of data, `end` (default: the last)], and the tiles and lifetime state rebuilt from the same events.
+    (A day range is `feedstore.ingestion.stats.incremental.update_stats`.)"""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
     inter = cat.validated_interactions

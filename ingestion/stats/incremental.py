@@ -36,7 +36,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import offline_schema
 from feedstore.core.errors import InputDataError
-from feedstore.core.spec import FeatureSpec, ViewSpec
+from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
 from feedstore.ingestion.stats.compute import (
     EPOCH,
@@ -92,7 +92,8 @@ def _split_days(t: dict[str, np.ndarray], keys: tuple[str, ...], names: list[str
     return out
 
 
-def compute_incremental(cfg: PipelineConfig, start: date, end: date | None, spec: FeatureSpec) -> StagedStats:
+def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
+                 spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
     """Snapshot days [start, end] (default end: the last validated day) of every view, staged for the gate, plus
     the days late data makes stale; the tiles and states it changed are staged with them."""
     t0 = time.perf_counter()

@@ -10,38 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.spec import FEATURE_SPEC
 from feedstore.ingestion.stats.compute import compute_stats
+from feedstore.ingestion.stats.incremental import update_stats
 from tests.conftest import pipeline_config
+from tests.helpers import assert_same_offline
 
-VIEWS = [v for v in FEATURE_SPEC.views]
+VIEWS = list(FEATURE_SPEC.views)
 
 
 def _publish(cfg, start=None, end=None):
-    with compute_stats(cfg, start=start, end=end) as staged:
+    """The statistics without the gate (tested elsewhere): a full recompute, or the update of [start, end]."""
+    with (compute_stats(cfg, end=end) if start is None else update_stats(cfg, start, end)) as staged:
         staged.publish()
     return staged
-
-
-def _table(data_dir: Path, view) -> pd.DataFrame:
-    path = Catalog(data_dir).view(view.name)
-    frame = ds.dataset(path, format="parquet", partitioning="hive").to_table().to_pandas()
-    frame["date"] = frame["date"].astype(str)
-    keys = [*view.keys, "event_timestamp"]
-    return frame.sort_values(keys).reset_index(drop=True)
-
-
-def assert_same_offline(a: Path, b: Path) -> None:
-    """Every row of every offline table equal (row order aside), bit for bit."""
-    for view in VIEWS:
-        x, y = _table(a, view), _table(b, view)
-        assert len(x) == len(y), (view.name, len(x), len(y))
-        pd.testing.assert_frame_equal(x, y, check_exact=True, obj=view.name)
 
 
 def _full_copy(src: Path, dst: Path) -> Path:
