@@ -34,7 +34,9 @@ def airflow_env(tmp: Path, redis_url: str) -> dict:
     return env
 
 
-def run(env, *args, timeout=600) -> subprocess.CompletedProcess:
+def run(env, *args, timeout=1800) -> subprocess.CompletedProcess:
+    """A command in `env`; the timeout is a safeguard against a hang (a shared, loaded machine is slow), not a
+    performance assertion."""
     return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
