@@ -136,11 +136,15 @@ _TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%
 
 
 @cli.command()
-@click.option("--start", type=_DATE, default=None, help="First snapshot day (default: first day of data).")
+@click.option("--start", type=_DATE, default=None,
+              help="First snapshot day of an incremental update (default: a full recompute from the first day).")
 @click.option("--end", type=_DATE, default=None, help="Last snapshot day (default: last day of data).")
 @click.pass_obj
 def stats(g: Globals, start, end) -> None:
-    """Compute timestamped user / item / user x item statistics into <data-dir>/offline/."""
+    """Compute timestamped user / item / user x item statistics into <data-dir>/offline/.
+
+    Without --start, a full recompute; with it, an incremental update of [start, end] from those days' events, the
+    stored tiles and the lifetime state (late data also rewrites the later rows it changes)."""
     from feedstore.shell.runner import compute_stats
 
     cfg = g.load()

@@ -22,6 +22,31 @@ def generate_events(cfg: PipelineConfig, *, fault_rate: float = 0.0, workers: in
     return run(cfg, fault_rate=fault_rate, workers=workers, report=report, progress=progress, days=days)
 
 
+def prepare_history(cfg: PipelineConfig, day: date, *, as_of: datetime) -> list[date]:
+    """The cold start of a daily run for `day`: if nothing is validated before `day` (an empty data dir), generate,
+    validate and compute the statistics of every day from `generation.start` (where the event source begins) to
+    day - 1, so the features have the history they need (lifetime values included). The generator is
+    deterministic per day, so this is exactly the data a longer sequence of daily runs leaves. Otherwise nothing.
+    Returns the days built."""
+    from datetime import timedelta
+
+    from feedstore.core.catalog import Catalog
+
+    validated = Catalog(cfg.data_dir).validated_interactions
+    earlier = [p for p in validated.glob("date=*") if p.name < Catalog.partition(day.isoformat())
+               and any(p.glob("*.parquet"))]
+    first = cfg.generation.start
+    if earlier or day <= first:
+        return []
+    days = [first + timedelta(days=i) for i in range((day - first).days)]
+    log.info("cold start: nothing validated before %s under %s; building the history the features need: %d days "
+             "(%s..%s)", day, cfg.data_dir, len(days), days[0], days[-1])
+    generate_events(cfg, days=days, report=False, progress=False)
+    validate_events(cfg, start=days[0], end=days[-1], as_of=as_of)
+    compute_stats(cfg, end=days[-1])
+    return days
+
+
 def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
                     as_of: datetime | None = None):
     """`validate`: the raw-data gate (on the configured engine); writes validated/, quarantine/, reports; raises
@@ -35,15 +60,25 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
 
 
 def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None):
-    """`stats`: timestamped statistics, computed staged (on the configured engine), gated, then published (a failed
-    gate publishes nothing)."""
-    if cfg.engine == "spark":
-        from feedstore.ingestion.stats.spark_engine import compute_stats as run
-    else:
-        from feedstore.ingestion.stats.compute import compute_stats as run
+    """`stats`: timestamped statistics, computed staged, gated, then published (a failed gate publishes nothing).
+    On DuckDB: without `start` a full recompute (through `end`); with it, the incremental update of days
+    [start, end] from those days' events, the stored tiles and the lifetime state. On Spark (`engine: spark`):
+    the spec compiled to Spark, recomputing the days from the whole history (tiles on Spark are not persisted yet)."""
     from feedstore.ingestion.stats.gate import validate_stats as gate
 
-    with run(cfg, start=start, end=end) as staged:
+    if cfg.engine == "spark":
+        from feedstore.ingestion.stats.spark_engine import compute_stats as on_spark
+
+        computed = on_spark(cfg, start=start, end=end)
+    elif start is None:
+        from feedstore.ingestion.stats.compute import compute_stats as full
+
+        computed = full(cfg, end=end)
+    else:
+        from feedstore.ingestion.stats.incremental import update_stats
+
+        computed = update_stats(cfg, start, end)
+    with computed as staged:
         gate(cfg, staged.days, root=staged.root)
         staged.publish()
     return staged
