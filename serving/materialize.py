@@ -3,7 +3,10 @@ never rolling it back."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +14,7 @@ from datetime import datetime
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.feast_repo import feature_store
+from feedstore.core.progress import Progress
 from feedstore.serving.store import latest_materialized, latest_snapshot
 
 log = logging.getLogger(__name__)
@@ -39,14 +43,34 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
                     "it back; use --force to do so anyway)", newest.isoformat(), end.isoformat())
         return MaterializeResult(end, {}, {})
     entities, seconds = {}, {}
-    for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
-        t0 = time.perf_counter()
-        store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
-        seconds[fv.name] = time.perf_counter() - t0
-        entities[fv.name] = _count_latest(cfg, fv.name, end - fv.ttl, end)
-        log.info("materialized %s: %s entities in %.1f s (%s/s) into %s", fv.name, f"{entities[fv.name]:,}",
-                 seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+    views = sorted(store.list_feature_views(), key=lambda v: v.name)
+    with Progress(len(views), f"materialize into {online_store}", unit="views", logger=log) as progress:
+        for fv in views:
+            t0 = time.perf_counter()
+            _quietly(store.materialize, start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
+            seconds[fv.name] = time.perf_counter() - t0
+            progress.update()
+            entities[fv.name] = _count_latest(cfg, fv.name, end - fv.ttl, end)
+            log.info("materialized %s: %s entities in %.1f s (%s/s) into %s", fv.name, f"{entities[fv.name]:,}",
+                     seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
     return MaterializeResult(end, entities, seconds)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _quietly(fn, *args, **kwargs):
+    """Run a Feast call with its console output (a coloured banner, tqdm bars) captured: what it said goes to the
+    DEBUG log without ANSI codes, so a redirected log or an Airflow task log holds no escape sequences."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return fn(*args, **kwargs)
+    finally:
+        for line in (out.getvalue() + err.getvalue()).splitlines():
+            line = _ANSI.sub("", line).strip()
+            if line:
+                log.debug("feast: %s", line)
 
 
 def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime) -> int:

@@ -49,6 +49,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
 from feedstore.core.io import replace_dir
+from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ class StagedStats:
 
 
 def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
-                  spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
+                  spec: FeatureSpec = FEATURE_SPEC, bar: bool | None = None) -> StagedStats:
     """Stage `stats`: every view of `spec` for snapshot days [start, end] (default: the validated data's days),
     staged for the gate; the caller publishes."""
     t0 = time.perf_counter()
@@ -336,8 +337,10 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
         pending = {v.name: side.submit(_write_active_days, con.cursor(), v, stage / v.name, lo, hi)
                    for v in spec.views if v.rows == "active_days"}
         writer = _DayWriter(workers)
+        swept = [v for v in spec.views if v.rows == "change_points"]
+        progress = Progress(len(swept) * (hi_n - lo_n + 1), "stats", unit="days", bar=bar)
         try:
-            for view in (v for v in spec.views if v.rows == "change_points"):
+            for view in swept:
                 ents, attrs = entities(view)
                 sums, names, narrow = _tile_sums(view, n_cat)
                 index = {n: i for i, n in enumerate(names)}
@@ -352,7 +355,9 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
                                     else attrs[a.name][snap.pos]) for a in view.attributes},
                     }, schema=schema)
                     writer.write(view.name, table, _part(stage, view.name, snap.day))
+                    progress.update()
         finally:
+            progress.close()
             writer.close()
             side.shutdown(wait=True)
         for fut in pending.values():
