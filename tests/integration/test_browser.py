@@ -5,6 +5,7 @@ after a real `feedstore run` (Debian's /usr/bin/chromium; nothing is downloaded)
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -63,7 +64,7 @@ def demo(tmp_path_factory) -> Path:
 def text(dom: str) -> str:
     """What is visible as text: the DOM without its tags and scripts."""
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
 
 
 def test_data_docs_index_lists_every_stage_with_status(demo, tmp_path):
