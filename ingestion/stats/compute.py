@@ -166,9 +166,8 @@ class _DayWriter:
         def job() -> None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                # not feedstore.core.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` slower
-                # (bench/RESULTS.md);
-                # no dictionary encoding: it costs ~20% of the write time and saves ~5% of the size here
+                # not feedstore.core.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` slower, and no
+                # dictionary encoding: it costs more write time than the size it saves (bench/RESULTS.md)
                 pq.write_table(table, path, compression="zstd", use_dictionary=False)
             finally:
                 self._slots.release()
