@@ -65,6 +65,8 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         raise InputDataError(f"{Catalog(data_dir).raw_interactions}: interactions are empty "
                              f"(0 rows in {len(parts)} files)")
 
+    log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations",
+             f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
     stage = data_dir / f".validate-staging-{uuid.uuid4().hex[:8]}"
     stage.mkdir(parents=True)
     try:
