@@ -49,10 +49,10 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
             t0 = time.perf_counter()
             _quietly(store.materialize, start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
             seconds[fv.name] = time.perf_counter() - t0
-            progress.update()
             entities[fv.name] = _count_latest(cfg, fv.name, end - fv.ttl, end)
             log.info("materialized %s: %s entities in %.1f s (%s/s) into %s", fv.name, f"{entities[fv.name]:,}",
                      seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+            progress.update()
     return MaterializeResult(end, entities, seconds)
 
 
