@@ -7,10 +7,7 @@ settings of later calls are ignored; a debug line says so when they differ). Eve
 Arrow, writes Parquet timestamps as microseconds (Spark 4.3 cannot read nanoseconds back, and INT96 is
 legacy), and has no UI and quiet logs. Importing this module does not import pyspark.
 
-Start-up in local mode (2 cores, fresh process, session + a tiny job + a 366-file Parquet job), measured
-2026-12-03 on a busy machine: Spark's defaults 31.4 / 44.2 s, with `_FAST_LOCAL` and quiet logs 19.4 / 34.1 s;
-`-XX:TieredStopAtLevel=1` (23.0 s) and `-XX:+UseSerialGC` (33.4 s) did not help and are not used. Noisy numbers:
-rerun on an idle machine before tuning further.
+Start-up costs (Spark's defaults vs `_FAST_LOCAL` and quiet logs, JVM options tried) are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
