@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
+from feedstore.core.errors import ConfigError
 from feedstore.core.feast_repo import feature_store
 from feedstore.serving.store import latest_materialized, latest_snapshot
 
@@ -32,7 +33,11 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
     times online) unless `force`."""
     online_store = online_store or cfg.serving.online_store
     store = feature_store(cfg, online_store)
-    end = end or latest_snapshot(cfg)
+    newest_data = latest_snapshot(cfg)
+    if end is not None and end > newest_data + timedelta(days=1):
+        raise ConfigError(f"--end {end.isoformat()} is after the newest offline snapshot ({newest_data.isoformat()}): "
+                          "there is nothing to materialize there, and recording it would block later runs")
+    end = end or newest_data
     newest = latest_materialized(store)
     if newest is not None and end < newest and not force:
         log.warning("online store already reflects %s, later than %s: not materializing (a backfill must not roll "
@@ -55,5 +60,6 @@ def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime
     keys = "user_id, item_id" if view == "user_item_daily_stats" else ("user_id" if view.startswith("user") else
                                                                          "item_id")
     glob = Catalog(cfg.data_dir).view_glob(view)
-    return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet('{glob}', hive_partitioning = false) "
-                          "WHERE event_timestamp BETWEEN $s AND $e", {"s": start, "e": end}).fetchone()[0]
+    return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet($glob, hive_partitioning = false) "
+                          "WHERE event_timestamp BETWEEN $s AND $e", {"glob": str(glob), "s": start, "e": end}
+                          ).fetchone()[0]

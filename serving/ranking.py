@@ -11,11 +11,13 @@ import pandas as pd
 
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_SERVICE, ITEM_SENTINEL, PAIR_SENTINEL, USER_SENTINEL
+from feedstore.core.errors import ServingError
 from feedstore.core.feast_repo import feature_store
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec
 from feedstore.core.spec import defaults as spec_defaults
 from feedstore.serving.online_ranker import OnlineRanker
 from feedstore.serving.request import RankingContext
+from feedstore.serving.store import latest_materialized
 
 TS_SUFFIX = "__ts"
 
@@ -93,6 +95,9 @@ def lookup(cfg: PipelineConfig, user_id: int, item_ids: list[int], device: str =
     """Stage `lookup`: the features of one request as a JSON-ready dict (what the CLI prints)."""
     online_store = online_store or cfg.serving.online_store
     store = feature_store(cfg, online_store)
+    if latest_materialized(store) is None:
+        raise ServingError(f"nothing materialized into the {online_store} online store yet; run "
+                           f"`feedstore materialize --online-store {online_store}` first")
     ctx = RankingContext(request_ts=at or datetime.now(timezone.utc), device=device)
     df = get_ranking_features(store, user_id, item_ids, ctx)
     features = [c for c in df.columns if c not in {"user_id", "item_id", "user_missing", "item_missing",

@@ -10,6 +10,7 @@ import copy
 import math
 import os
 from datetime import UTC, date, datetime, time, timedelta
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from feedstore.core.contracts import DEVICES
 from feedstore.core.errors import ConfigError
 
 #: The repository's `config/` folder (present in a source checkout and an editable install).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+#: config/ ships inside the package (feedstore/config -> ../config in the source tree, package data in a wheel), so
+#: an installed CLI finds its defaults and presets from any directory.
+CONFIG_DIR = Path(str(files("feedstore") / "config"))
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "pipeline.yaml"
 PRESETS_DIR = CONFIG_DIR / "presets"
 

@@ -5,20 +5,47 @@ Feast settings live only in the yaml files; this module picks the file and sets 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.errors import FeedstoreError, ServingError
+from feedstore.core.logs import redact
 
-#: The Feast repository (definitions and feature_store*.yaml).
-REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
+#: The Feast repository (definitions and feature_store*.yaml): package data (feedstore/feature_repo ->
+#: ../feature_repo in the source tree), found the same way in an editable install and an installed wheel.
+REPO_DIR = Path(str(files("feedstore") / "feature_repo"))
 
 
 YAML_FILES = {"redis": REPO_DIR / "feature_store.yaml", "sqlite": REPO_DIR / "feature_store.sqlite.yaml"}
 
 
 DEFAULT_REDIS = "localhost:6379"
+
+#: Every Redis operation is bounded: connecting, and each command (a stalled server fails it, exit 5). Added to
+#: REDIS_CONNECTION_STRING unless it sets them (Feast passes `key=value` options to redis-py).
+REDIS_TIMEOUTS = {"socket_connect_timeout": 2, "socket_timeout": 5}
+
+
+def with_timeouts(connection_string: str) -> str:
+    """The connection string with the default timeouts for those it does not set."""
+    present = {p.split("=", 1)[0].strip() for p in connection_string.split(",") if "=" in p}
+    return ",".join([connection_string, *(f"{k}={v}" for k, v in REDIS_TIMEOUTS.items() if k not in present)])
+
+
+@contextmanager
+def online_errors(what: str) -> Iterator[None]:
+    """Turn a failure of the online store's server during `what` (Redis gone, stalled past its timeout) into a
+    one-line ServingError (exit 5), secrets redacted."""
+    import redis
+
+    try:
+        yield
+    except (redis.exceptions.RedisError, ConnectionError, TimeoutError) as e:
+        raise ServingError(redact(f"{what}: the online store failed ({type(e).__name__}: {e})")) from None
 
 
 def feast_environment(cfg: PipelineConfig, online_store: str) -> dict[str, str]:
@@ -27,7 +54,8 @@ def feast_environment(cfg: PipelineConfig, online_store: str) -> dict[str, str]:
         raise FeedstoreError(f"unknown online store {online_store!r}; expected one of {sorted(YAML_FILES)}")
     os.environ["FEEDSTORE_DATA_DIR"] = str(Path(cfg.data_dir).resolve())
     if online_store == "redis":
-        os.environ.setdefault("REDIS_CONNECTION_STRING", DEFAULT_REDIS)
+        os.environ["REDIS_CONNECTION_STRING"] = with_timeouts(os.environ.get("REDIS_CONNECTION_STRING")
+                                                              or DEFAULT_REDIS)
         check_redis(os.environ["REDIS_CONNECTION_STRING"])
     return {k: os.environ[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING") if k in os.environ}
 
@@ -48,8 +76,8 @@ def check_redis(connection_string: str, timeout: float = 2.0) -> None:
                              socket_timeout=timeout, retry=Retry(NoBackoff(), 0))  # redis-py retries 3x by default
         client.ping()
     except (redis.exceptions.RedisError, OSError, ValueError) as e:
-        raise ServingError(f"cannot reach Redis at {connection_string} ({e}); start one "
-                           "(`docker compose up -d redis` or `redis-server`) or set REDIS_CONNECTION_STRING") from None
+        raise ServingError(redact(f"cannot reach Redis at {connection_string} ({e}); start one "
+                           "(`docker compose up -d redis` or `redis-server`) or set REDIS_CONNECTION_STRING")) from None
 
 
 def feature_store(cfg: PipelineConfig, online_store: str):

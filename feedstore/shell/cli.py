@@ -13,9 +13,10 @@ from typing import Any
 
 import click
 
+from feedstore.core.catalog import Catalog
 from feedstore.core.config import ENV_CONFIG, ENV_DATA_DIR, ENV_PRESET, PipelineConfig, load_config
 from feedstore.core.errors import FeedstoreError
-from feedstore.core.logs import configure_logging
+from feedstore.core.logs import configure_logging, redact
 
 log = logging.getLogger("feedstore")
 
@@ -33,6 +34,7 @@ class Globals:
         merged = {"data_dir": self.data_dir, "log_level": self.log_level, **(overrides or {})}
         cfg = load_config(self.config, preset=self.preset, overrides=merged)
         configure_logging(cfg.log_level)
+        Catalog(cfg.data_dir)  # a data dir that is a file fails here, in one line
         return cfg
 
 
@@ -126,6 +128,9 @@ def _check_range(start, end) -> None:
         raise click.UsageError(f"--end ({end:%Y-%m-%d}) is before --start ({start:%Y-%m-%d})")
 
 
+#: Entity ids are int64 (the Arrow contracts): anything outside is a usage error, not an overflow deep in Feast.
+_ID = click.IntRange(-(2**63), 2**63 - 1)
+
 _ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
                        help="Online store (default: serving.online_store in the config, sqlite).")
 _TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
@@ -168,7 +173,7 @@ def materialize(g: Globals, online_store, end, force) -> None:
 
 
 @cli.command()
-@click.option("--user", "user_id", type=int, required=True, help="User to rank for.")
+@click.option("--user", "user_id", type=_ID, required=True, help="User to rank for.")
 @click.option("--items", "items", required=True, help="Comma-separated candidate item ids.")
 @click.option("--device", type=click.Choice(["mobile", "desktop", "tablet"]), default="mobile", show_default=True)
 @click.option("--at", "at", type=_TS, default=None, help="Request time, UTC (default: now).")
@@ -181,9 +186,12 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
     from feedstore.shell.runner import lookup as do_lookup
 
     try:
-        item_ids = [int(x) for x in items.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {items!r}", param_hint="--items") from None
+        item_ids = [_ID.convert(x.strip(), None, None) for x in items.split(",") if x.strip()]
+    except click.BadParameter:
+        raise click.BadParameter(f"expected comma-separated 64-bit integer ids, got {items!r}",
+                                 param_hint="--items") from None
+    if not item_ids:
+        raise click.BadParameter(f"no item ids in {items!r}", param_hint="--items")
     cfg = g.load()
     result = do_lookup(cfg, user_id, item_ids, device, _as_utc(at), online_store)
     click.echo(json.dumps(result, indent=2))
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except FeedstoreError as e:
-        click.echo(f"feedstore: error: {e}", err=True)
+        click.echo(redact(f"feedstore: error: {e}"), err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("feedstore: interrupted", err=True)

@@ -31,7 +31,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
-from feedstore.core.io import replace_dir
+from feedstore.core.io import VersionStage, link_tree
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 
 log = logging.getLogger(__name__)
@@ -237,8 +236,9 @@ def _feature_columns(view: ViewSpec, snap: _Snapshot, index: dict[str, int], cat
 
 @dataclass
 class StagedStats:
-    """Computed, unpublished statistics: `root` holds `<view>/date=D/` for every computed day. `publish()` swaps
-    each day's partitions into `offline/`; leaving the `with` block without publishing removes the staging."""
+    """Computed, unpublished statistics: `root` (a new version of `offline/`) holds `<view>/date=D/` for every
+    computed day. `publish()` carries the other days over from the published version and switches `offline/` to
+    the new one in one atomic step; leaving the `with` block without publishing drops it."""
 
     root: Path
     offline: Path
@@ -246,21 +246,26 @@ class StagedStats:
     rows: dict[str, int]
     seconds: float
     views: list[str]
+    version: VersionStage | None = None
     published: bool = field(default=False)
 
     def publish(self) -> None:
-        """Replace each computed day's partition of each view (days with no rows lose their old partition)."""
-        for view in self.views:
-            for day in self.days:
-                staged = self.root / view / Catalog.partition(day)
-                replace_dir(staged if staged.exists() else None, self.offline / view / Catalog.partition(day))
+        """Publish: each computed day's partitions replace the old ones (days with no rows lose theirs), every other
+        day is kept; readers see the whole old `offline/` or the whole new one."""
+        current = self.version.publication.published("offline") if self.version else None
+        if current is not None:
+            recomputed = {Catalog.partition(d) for d in self.days}
+            link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
+        self.version.publish()
         self.published = True
-        self.discard()
         log.info("stats published for %d days (%s..%s): %s -> %s", len(self.days), self.days[0], self.days[-1],
                  ", ".join(f"{v} {self.rows.get(v, 0):,} rows" for v in self.views), self.offline)
 
     def discard(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.version is not None:
+            self.version.discard()
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> StagedStats:
         return self
@@ -326,8 +331,9 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
         return _Activity(t.pop("d").astype(np.int32), t.pop("pos").astype(np.int64),
                          np.stack([v.astype(np.int64) for v in t.values()]))
 
-    stage = cat.offline / f".stats-staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    version = cat.publication("stats").begin()
+    stage = version.path / "offline"
+    stage.mkdir()
     lo_n, hi_n = (lo - EPOCH).days, (hi - EPOCH).days
     rows: dict[str, int] = {}
     try:
@@ -360,12 +366,12 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
         rows = {**writer.rows, **{v: _check_written(stage / v, offline_schema(spec.view(v))) for v in pending}}
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        version.discard()
         raise
     seconds = time.perf_counter() - t0
     log.info("stats computed for %d snapshot days (%s..%s) in %.2f s: %s", len(days), lo, hi, seconds,
              ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
-    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views])
+    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], version)
 
 
 def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path, lo: date, hi: date) -> None:
@@ -376,20 +382,34 @@ def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path
     tiles = ", ".join(f"CAST(sum({t.sql}) AS BIGINT) AS \"{t.name}\"" for t in view.tiles)
     outputs = ", ".join(f"CAST(sum(\"{f.of}\") OVER w AS BIGINT) AS \"{view.column_name(f, None)}\""
                         for f in view.features)
-    con.execute(f"""COPY (
-        SELECT {keys}, CAST(DATE '1970-01-01' + d + 1 AS TIMESTAMPTZ) AS event_timestamp, {outputs},
-               strftime(DATE '1970-01-01' + d, '%Y-%m-%d') AS date
+    # Read in (day, keys) order and write each day's file here, not with COPY ... PARTITION_BY: a partitioned COPY
+    # on several threads writes rows (and files) in scheduling order, so two runs gave different bytes.
+    reader = con.execute(f"""
+        SELECT {keys}, CAST(DATE '1970-01-01' + d + 1 AS TIMESTAMPTZ) AS event_timestamp, {outputs}, d
         FROM (SELECT {keys}, d, {tiles} FROM ev GROUP BY ALL)
         WINDOW w AS (PARTITION BY {keys} ORDER BY d ROWS UNBOUNDED PRECEDING)
         QUALIFY DATE '1970-01-01' + d BETWEEN $lo AND $hi
-        ORDER BY date, {keys}
-    ) TO '{_sql_path(out)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date), FILENAME_PATTERN 'part-{{i}}')""",
-                {"lo": lo, "hi": hi})
+        ORDER BY d, {keys}""", {"lo": lo, "hi": hi}).to_arrow_reader(1 << 20)
+    schema = offline_schema(view)
+    pending: list[pa.RecordBatch] = []
 
+    def flush() -> None:
+        if pending:
+            day = pending[0].column("d")[0].as_py()
+            table = pa.Table.from_batches(pending).drop_columns(["d"]).combine_chunks().cast(schema)
+            path = out / Catalog.partition((EPOCH + timedelta(days=day)).isoformat()) / "part-0.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path, compression="zstd", use_dictionary=False)
+            pending.clear()
 
-def _sql_path(path: Path) -> str:
-    """A path as a SQL string literal body (COPY ... TO takes no parameter): quotes doubled."""
-    return str(path).replace("'", "''")
+    for batch in reader:
+        days = batch.column("d").to_numpy()
+        cuts = np.flatnonzero(np.diff(days)) + 1
+        for a, b in zip([0, *cuts], [*cuts, len(days)], strict=True):
+            if pending and pending[0].column("d")[0].as_py() != days[a]:
+                flush()
+            pending.append(batch.slice(a, b - a))
+    flush()
 
 
 def _check_written(out: Path, schema: pa.Schema) -> int:
