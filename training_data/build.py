@@ -203,7 +203,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 writers.pop(name).close()
             else:
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
-        _fit_preprocessor(summary.sample("train"), numeric, stage)
+        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)
         report = feature_report(summary, stage / "report", plots=report_plots)
         manifest = {
             "version": version,
@@ -217,6 +217,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             "labels": TRAINING_LABELS,
             "features": dtypes,
             "numeric_features": numeric,
+            # preprocessor.joblib is a pickle: `evaluate` loads it only if its bytes still hash to this
+            "preprocessor_sha256": preprocessor_sha256,
             "row_order": "event_timestamp, then interaction_id (one row per validated impression)",
             "psi": report["psi"],
             "batch_rows": cfg.splits.batch_rows,
@@ -298,7 +300,7 @@ def _split_summary(acc: dict[str, Any]) -> dict[str, Any]:
             "ctr": acc["click"] / n, "like_rate": acc["like"] / n}
 
 
-def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> None:
+def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> str:
     """Median imputer + standard scaler fitted on train only (the report's fixed sample of ~200K train rows, all
     of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test)."""
     import joblib
@@ -311,6 +313,12 @@ def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> Non
     pipe.fit(train[numeric].astype(np.float64))
     pipe.feature_names_ = numeric
     joblib.dump(pipe, out / "preprocessor.joblib")
+    return file_sha256(out / "preprocessor.joblib")
+
+
+def file_sha256(path: Path) -> str:
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_split(path: Path, name: str) -> pd.DataFrame:
