@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/training_set.py
+	$(BIN)/python bench/dag_parse.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
