@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.feedstore-installed
 DEMO_STAMP := $(VENV)/.feedstore-demo
 # Pinned installs (no resolution at install time): demo.lock = the runtime dependencies only; test.lock = runtime +
-# the `airflow` and `dev` extras. `make lock` re-resolves both from pyproject.toml.
+# the `airflow`, `dev` and `postgres` extras. `make lock` re-resolves both from pyproject.toml.
 DEMO_LOCK := requirements/demo.lock
 TEST_LOCK := requirements/test.lock
 
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml $(TEST_LOCK) | $(BIN)/python
 	@touch $(STAMP) $(DEMO_STAMP)
 
 lock:
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet '.[airflow,dev]'
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet '.[airflow,dev,postgres]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore' > $(TEST_LOCK)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet -c $(TEST_LOCK) .
 	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore' > $(DEMO_LOCK)

@@ -301,15 +301,16 @@ class ValidationConfig(_Strict):
 class ServingConfig(_Strict):
     """Feast online store choice and serving checks (Feast's own settings live in feature_repo/*.yaml)."""
 
-    online_store: str = Field("sqlite", description="sqlite (embedded, feature_store.sqlite.yaml) or redis "
-                              "(feature_store.yaml, REDIS_CONNECTION_STRING).")
+    online_store: str = Field("sqlite", description="sqlite (embedded, feature_store.sqlite.yaml), redis "
+                              "(feature_store.yaml, REDIS_CONNECTION_STRING) or redis-postgres (Redis + the Feast "
+                              "SQL registry in PostgreSQL at FEEDSTORE_REGISTRY_URL, feature_store.postgres.yaml).")
     skew_sample: int = Field(200, ge=1, description="Entity rows compared online vs offline by check-skew.")
 
     @field_validator("online_store")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("sqlite", "redis"):
-            raise ValueError(f"online_store must be 'sqlite' or 'redis', got {v!r}")
+        if v not in ("sqlite", "redis", "redis-postgres"):
+            raise ValueError(f"online_store must be 'sqlite', 'redis' or 'redis-postgres', got {v!r}")
         return v
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
-from feedstore.core.errors import FeedstoreError, ServingError
+from feedstore.core.errors import ConfigError, FeedstoreError, ServingError
 from feedstore.core.logs import redact
 
 #: The Feast repository (definitions and feature_store*.yaml): package data (feedstore/feature_repo ->
@@ -20,7 +20,12 @@ from feedstore.core.logs import redact
 REPO_DIR = Path(str(files("feedstore") / "feature_repo"))
 
 
-YAML_FILES = {"redis": REPO_DIR / "feature_store.yaml", "sqlite": REPO_DIR / "feature_store.sqlite.yaml"}
+YAML_FILES = {"redis": REPO_DIR / "feature_store.yaml", "sqlite": REPO_DIR / "feature_store.sqlite.yaml",
+              "redis-postgres": REPO_DIR / "feature_store.postgres.yaml"}
+
+#: Stores whose registry is a SQL database (FEEDSTORE_REGISTRY_URL), not a file under the data dir.
+SQL_REGISTRY = {"redis-postgres"}
+ENV_REGISTRY_URL = "FEEDSTORE_REGISTRY_URL"
 
 
 DEFAULT_REDIS = "localhost:6379"
@@ -53,11 +58,15 @@ def feast_environment(cfg: PipelineConfig, online_store: str) -> dict[str, str]:
     if online_store not in YAML_FILES:
         raise FeedstoreError(f"unknown online store {online_store!r}; expected one of {sorted(YAML_FILES)}")
     os.environ["FEEDSTORE_DATA_DIR"] = str(Path(cfg.data_dir).resolve())
-    if online_store == "redis":
+    if online_store in SQL_REGISTRY and not os.environ.get(ENV_REGISTRY_URL):
+        raise ConfigError(f"--online-store {online_store} keeps the Feast registry in PostgreSQL: set "
+                          f"{ENV_REGISTRY_URL} (e.g. postgresql+psycopg://feedstore@127.0.0.1:5432/feedstore)")
+    if online_store.startswith("redis"):
         os.environ["REDIS_CONNECTION_STRING"] = with_timeouts(os.environ.get("REDIS_CONNECTION_STRING")
                                                               or DEFAULT_REDIS)
         check_redis(os.environ["REDIS_CONNECTION_STRING"])
-    return {k: os.environ[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING") if k in os.environ}
+    return {k: os.environ[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING", ENV_REGISTRY_URL)
+            if k in os.environ}
 
 
 def check_redis(connection_string: str, timeout: float = 2.0) -> None:
@@ -85,6 +94,17 @@ def feature_store(cfg: PipelineConfig, online_store: str):
     feast_environment(cfg, online_store)
     from feast import FeatureStore
 
+    if online_store in SQL_REGISTRY:
+        try:
+            store = FeatureStore(repo_path=str(REPO_DIR), fs_yaml_file=YAML_FILES[online_store])
+            applied = bool(store.list_feature_views())
+        except Exception as e:  # SQLAlchemy / psycopg: the database is unreachable or refuses us
+            raise ServingError(redact(f"Feast SQL registry at {os.environ[ENV_REGISTRY_URL]}: "
+                                      f"{str(e).splitlines()[0]}")) from None
+        if not applied:
+            raise ServingError(f"the Feast SQL registry has no feature views; run "
+                               f"`feedstore apply --online-store {online_store}` first")
+        return store
     registry = Catalog(cfg.data_dir).registry(online_store)
     if not registry.exists():
         raise ServingError(f"{registry}: no Feast registry; run `feedstore apply --online-store {online_store}` first")

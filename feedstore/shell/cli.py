@@ -131,7 +131,7 @@ def _check_range(start, end) -> None:
 #: Entity ids are int64 (the Arrow contracts): anything outside is a usage error, not an overflow deep in Feast.
 _ID = click.IntRange(-(2**63), 2**63 - 1)
 
-_ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
+_ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis", "redis-postgres"]), default=None,
                        help="Online store (default: serving.online_store in the config, sqlite).")
 _TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
