@@ -158,6 +158,9 @@ class Publication:
 
     def _clean(self, keep_previous: bool, previous: str | None = None) -> None:
         """Remove staging folders and every version but the current one (and `previous`)."""
+        pointer = self.versions / "current"
+        if pointer.exists() and not pointer.is_symlink():  # a copy that followed the links: outputs are real folders
+            shutil.rmtree(pointer)
         current = self._current()
         for entry in self.versions.iterdir():
             name = entry.name

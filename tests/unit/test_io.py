@@ -112,3 +112,17 @@ def test_link_tree_skips_and_shares_files(tmp_path):
     link_tree(src, tmp_path / "dst", skip=lambda rel: rel.parts[0] == "date=2")
     assert _read(tmp_path / "dst") == {"date=1/a": "1"}
     assert (tmp_path / "dst" / "date=1" / "a").stat().st_ino == (src / "date=1" / "a").stat().st_ino
+
+
+def test_publication_survives_a_copy_that_followed_the_links(tmp_path):
+    import shutil
+
+    from feedstore.core.io import Publication
+
+    src = tmp_path / "a"
+    _publish(Publication(src, "stats", ("offline",)), {"offline/v/x.parquet": "1"})
+    shutil.copytree(src, tmp_path / "b")  # symlinks=False: real folders everywhere, `current` too
+    pub = Publication(tmp_path / "b", "stats", ("offline",))
+    _publish(pub, {"offline/v/y.parquet": "2"})
+    assert (tmp_path / "b" / "offline").is_symlink() and _read(tmp_path / "b" / "offline") == {"v/y.parquet": "2"}
+    assert _read(src / "offline") == {"v/x.parquet": "1"}
