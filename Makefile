@@ -35,9 +35,11 @@ $(STAMP): pyproject.toml $(TEST_LOCK) | $(BIN)/python
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet '.[airflow,dev,postgres]'
-	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore' > $(TEST_LOCK)
+	{ echo '# Runtime + the airflow, dev and postgres extras, pinned: what `make test` installs. Regenerate with `make lock`.'; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore'; } > $(TEST_LOCK)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet -c $(TEST_LOCK) .
-	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore' > $(DEMO_LOCK)
+	{ echo '# Runtime dependencies of feedstore (no extras), pinned: what `make demo` installs. Regenerate with `make lock`.'; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore'; } > $(DEMO_LOCK)
 	rm -rf .lock-venv
 
 demo: $(DEMO_STAMP)
