@@ -213,7 +213,9 @@ class VersionStage:
         self._release()
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Drop the version (a no-op once published)."""
+        if self._fd is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
         self._release()
 
     def _release(self) -> None:
