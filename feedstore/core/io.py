@@ -201,6 +201,9 @@ class VersionStage:
     def publish(self) -> None:
         pub = self.publication
         crash_point(f"{pub.stage}.publish")
+        for name in pub.outputs:  # an output with nothing in it is an empty folder, never a dangling link
+            if not (self.path / name).exists():
+                (self.path / name).mkdir(parents=True)
         final = pub.versions / self.vid
         os.replace(self.path, final)
         self.path = final
