@@ -34,7 +34,7 @@ def request_context(inputs: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    # cache=False: pandas' cache of unique values costs ~0.5 ms per call at ranking sizes (100 rows)
+    # cache=False: pandas' cache of unique values is costly at ranking sizes (bench/RESULTS.md, lookups)
     ts = pd.DatetimeIndex(pd.to_datetime(pd.Series(inputs["request_ts"]), utc=True, cache=False))
     device = np.asarray(inputs["device"], dtype=object)
     out = {

@@ -147,7 +147,7 @@ class OnlineRanker:
 
 def _seconds_to_datetime(seconds: np.ndarray) -> pd.DatetimeIndex:
     """Epoch seconds (NaN = missing) as UTC nanosecond datetimes: pd.to_datetime(unit="s", utc=True), without its
-    per-call cache of unique values (0.6 ms for 100 values)."""
+    per-call cache of unique values (costly at ranking sizes; bench/RESULTS.md)."""
     missing = np.isnan(seconds)
     ns = np.where(missing, 0, np.round(seconds * 1e9)).astype(np.int64)
     ns[missing] = np.iinfo(np.int64).min  # NaT

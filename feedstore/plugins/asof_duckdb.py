@@ -1,7 +1,7 @@
 """A Feast offline store whose point-in-time joins are DuckDB ASOF joins.
 
 Feast's stock `duckdb` store joins every earlier feature row of an entity and then deduplicates, so its cost grows
-with the length of history (209 s for 1M entity rows over a year of daily snapshots here); its `file` (dask)
+with the length of history (bench/RESULTS.md compares them); its `file` (dask)
 store is slower still and drops entity rows that share keys and timestamp (Feast issue #6787). This store keeps
 the `duckdb` store for everything else and replaces `get_historical_features` with one DuckDB query of chained
 `ASOF LEFT JOIN`s: per entity row and feature view, the latest feature row with timestamp <= the row's
@@ -231,8 +231,8 @@ class AsofRetrievalJob(RetrievalJob):
 
     def _sql(self, rows: tuple[int, int] | None = None, span: tuple[Any, Any] | None = None) -> str:
         """The point-in-time query over all entity rows, or over row numbers [rows) with feature rows pruned to
-        what their time `span` can pick. ORDER BY the row number restores the entity order (measured: cheaper
-        than sorting afterwards with an Arrow take, which is slow across chunks with list columns)."""
+        what their time `span` can pick. ORDER BY the row number restores the entity order (cheaper, see
+        bench/RESULTS.md, than sorting afterwards with an Arrow take, which is slow across chunks with list columns)."""
         entity = "entity_rows" if rows is None else (
             f"(SELECT * FROM entity_rows WHERE {_q(_ROW)} >= {rows[0]} AND {_q(_ROW)} < {rows[1]})")
         selects = [c for v in self._views for c in v.select]

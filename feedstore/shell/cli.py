@@ -255,7 +255,7 @@ def run(g: Globals, users, items, interactions, start, end, seed) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures become one line on stderr and a non-zero exit, no traceback."""
     # Interpreter shutdown would garbage-collect every object of the big libraries a stage imported (GX alone:
-    # ~0.8 s). Freezing them at exit skips that final pass; atexit handlers and flushing still run.
+    # see bench/RESULTS.md). Freezing them at exit skips that final pass; atexit handlers and flushing still run.
     atexit.register(gc.freeze)
     try:
         cli.main(args=argv, prog_name="feedstore", standalone_mode=False)
@@ -272,6 +272,26 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("feedstore: interrupted", err=True)
         sys.exit(130)
     sys.exit(0)
+
+
+_GLOBAL_OPTIONS = ("--config", "--data-dir", "--preset", "--log-level")
+
+
+def training_set_main() -> None:
+    """`feedstore-training-set [options]`: the training-set builder script, the same as `feedstore training-set`
+    (global options such as --data-dir may come anywhere)."""
+    argv, rest = sys.argv[1:], []
+    head: list[str] = []
+    while argv:
+        arg = argv.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in _GLOBAL_OPTIONS:
+            head.append(arg)
+            if "=" not in arg and argv:
+                head.append(argv.pop(0))
+        else:
+            rest.append(arg)
+    main([*head, "training-set", *rest])
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ class _DayWriter:
         def job() -> None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                # not feedstore.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` 0.4-1 s slower (measured);
+                # not feedstore.core.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` slower
+                # (bench/RESULTS.md);
                 # no dictionary encoding: it costs ~20% of the write time and saves ~5% of the size here
                 pq.write_table(table, path, compression="zstd", use_dictionary=False)
             finally:

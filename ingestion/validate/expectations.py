@@ -27,7 +27,7 @@ INTERACTIONS_DAILY_SUITE = "raw_interactions_daily.v1"
 
 #: Columns the validation view adds to raw interactions (lookups and recomputations, never stored).
 #: Conditional rules use masked columns (`_like_if_no_click` is `like` where click == 0, else null) instead of GX
-#: row_conditions: GX copies the whole frame for every row_condition, which made 1M rows 3x slower.
+#: row_conditions: GX copies the whole frame for every row_condition (several times slower; bench/RESULTS.md).
 DERIVED = ["_signup_date", "_creation_date", "_expected_time_of_day", "_expected_day_of_week",
            "_id_occurrence", "_impression_occurrence", "_user_known", "_item_known", "_like_if_no_click",
            "_share_if_no_click", "_dwell_if_no_click", "_dwell_if_click"]

@@ -16,9 +16,9 @@ import pytest
 from feedstore.core.errors import FeedstoreError
 from feedstore.serving.store import apply_definitions
 from feedstore.shell.runner import build_training_set, compute_stats
+from feedstore.training_data import build as ts_mod
 from feedstore.training_data.evaluate import evaluate_frames, evaluate_training_set
 from tests.conftest import pipeline_config
-from training_data import training_set as ts_mod
 
 
 @pytest.fixture(scope="module")
