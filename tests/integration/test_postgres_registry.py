@@ -69,10 +69,10 @@ def test_lookup_serves_materialized_features(deployed):
     data, env = deployed
     import duckdb
 
-    user = duckdb.execute("SELECT user_id FROM read_parquet($g, hive_partitioning = false) ORDER BY "
-                          "event_timestamp DESC, user_id LIMIT 1",
-                          {"g": str(data / "offline" / "user_daily_stats" / "**" / "*.parquet")}).fetchone()[0]
-    res = cli(env, "lookup", "--user", str(user), "--items", "1,2")
+    user, at = duckdb.execute("SELECT user_id, event_timestamp FROM read_parquet($g, hive_partitioning = false) "
+                              "ORDER BY event_timestamp DESC, user_id LIMIT 1",
+                              {"g": str(data / "offline" / "user_daily_stats" / "**" / "*.parquet")}).fetchone()
+    res = cli(env, "lookup", "--user", str(user), "--items", "1,2", "--at", f"{at:%Y-%m-%dT%H:%M:%S}")
     assert res.returncode == 0, res.stderr[-3000:]
     answer = json.loads(res.stdout)
     assert answer["missing_user"] is False and answer["online_store"] == "redis-postgres"
