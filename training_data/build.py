@@ -157,6 +157,10 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
         raise FeedstoreError(f"get_historical_features: {str(e).splitlines()[0]}") from None
 
     out = Catalog(cfg.data_dir).training_set(version)
+    for other in Catalog(cfg.data_dir).training.glob(".*.versions"):  # leftovers of killed builds of other versions
+        name = other.name[1:].removesuffix(".versions")
+        if name != version:
+            Catalog(cfg.data_dir).training_publication(name).clean_if_idle()
     pending = Catalog(cfg.data_dir).training_publication(version).begin()
     stage = pending.path / version
     stage.mkdir(parents=True)

@@ -152,6 +152,23 @@ class Publication:
             raise
         return VersionStage(self, vid, path, fd)
 
+    def clean_if_idle(self) -> None:
+        """Remove what killed runs left (staging versions; the whole versions folder if nothing was ever published),
+        unless a run of this stage holds the lock right now."""
+        if not self.versions.is_dir():
+            return
+        fd = os.open(self.versions / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._clean(keep_previous=True)
+            if self._current() is None and not (self.parent / self.outputs[0]).exists():
+                shutil.rmtree(self.versions, ignore_errors=True)
+        finally:
+            os.close(fd)
+
     def _current(self) -> str | None:
         link = self.versions / "current"
         return os.readlink(link) if link.is_symlink() else None

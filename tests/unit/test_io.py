@@ -126,3 +126,13 @@ def test_publication_survives_a_copy_that_followed_the_links(tmp_path):
     _publish(pub, {"offline/v/y.parquet": "2"})
     assert (tmp_path / "b" / "offline").is_symlink() and _read(tmp_path / "b" / "offline") == {"v/y.parquet": "2"}
     assert _read(src / "offline") == {"v/x.parquet": "1"}
+
+
+def test_clean_if_idle_removes_a_never_published_killed_run(tmp_path):
+    from feedstore.core.io import Publication
+
+    pub = Publication(tmp_path, "fp-x", ("fp-x",))
+    killed = pub.begin()
+    killed._release()
+    pub.clean_if_idle()
+    assert list(tmp_path.iterdir()) == []
