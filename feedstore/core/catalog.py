@@ -48,7 +48,7 @@ class Catalog:
         return Publication(self.root, stage, STAGE_OUTPUTS[stage])
 
     def training_publication(self, version: str) -> Publication:
-        return Publication(self.training, check_version(version), (version,))
+        return Publication(self.training, check_version(version), (version,), hook="training-set")
 
     # ---- raw (generate)
     @property

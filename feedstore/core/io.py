@@ -125,6 +125,7 @@ class Publication:
     parent: Path
     stage: str
     outputs: tuple[str, ...]
+    hook: str | None = None  # the FEEDSTORE_CRASH_AT name of its publish step (default: `stage`)
 
     @property
     def versions(self) -> Path:
@@ -217,7 +218,7 @@ class VersionStage:
 
     def publish(self) -> None:
         pub = self.publication
-        crash_point(f"{pub.stage}.publish")
+        crash_point(f"{pub.hook or pub.stage}.publish")
         for name in pub.outputs:  # an output with nothing in it is an empty folder, never a dangling link
             if not (self.path / name).exists():
                 (self.path / name).mkdir(parents=True)

@@ -118,3 +118,24 @@ def test_copied_data_dir_with_real_folders_is_republished(published, tmp_path):
     assert res.returncode == 0, res.stderr
     assert (data / "offline").is_symlink()
     assert snapshot(data, "stats") == before
+
+
+def test_kill_training_set_at_publish_keeps_the_previous_set(published, tmp_path):
+    data = copy_of(published, tmp_path)
+    assert feedstore(data, "apply").returncode == 0
+    built = feedstore(data, "training-set", "--version", "v1")
+    assert built.returncode == 0, built.stderr[-3000:]
+
+    def files() -> dict[str, str]:
+        root = data / "training" / "v1"
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = files()
+    killed = feedstore(data, "training-set", "--version", "v1", "--start", "2024-03-01", crash="training-set.publish")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert files() == before
+    assert [p for p in (data / "training").glob(".v1.versions/*.staging")]
+    rerun = feedstore(data, "training-set", "--version", "v1", "--start", "2024-03-01")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert files() != before and not list((data / "training").glob(".v1.versions/*.staging"))
