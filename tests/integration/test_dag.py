@@ -33,7 +33,7 @@ def airflow_env(tmp: Path, redis_url: str) -> dict:
     return env
 
 
-def run(env, *args, timeout=600) -> subprocess.CompletedProcess:
+def run(env, *args, timeout=2400) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -67,7 +67,7 @@ print(json.dumps({{"errors": {{}}, "heavy": heavy, "tags": sorted(d.tags), "id":
     env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     code = (f"HEAVY = {HEAVY_AT_PARSE!r}\nSTAGES = ('feedstore.ingestion', 'feedstore.training_data', "
             f"'feedstore.serving')\n" + code)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
