@@ -11,6 +11,7 @@ DEMO_STAMP := $(VENV)/.feedstore-demo
 # the `airflow`, `dev` and `postgres` extras. `make lock` re-resolves both from pyproject.toml.
 DEMO_LOCK := requirements/demo.lock
 TEST_LOCK := requirements/test.lock
+SPARK_STAMP := $(VENV)/.feedstore-spark-installed
 
 .PHONY: demo test test-unit test-integration bench lint lock clean help
 
@@ -42,19 +43,24 @@ lock:
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore'; } > $(DEMO_LOCK)
 	rm -rf .lock-venv
 
+# the `spark` extra (pyspark, ~490 MB): the tests run every engine-dependent test on DuckDB and Spark
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	@touch $(SPARK_STAMP)
+
 demo: $(DEMO_STAMP)
 	$(BIN)/feedstore run
 
-test: $(STAMP)
+test: $(SPARK_STAMP)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(SPARK_STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(SPARK_STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-bench: $(STAMP)
+bench: $(SPARK_STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/serving.py

@@ -15,7 +15,7 @@ def compose() -> dict:
 
 def test_services_ports_and_health_checks():
     services = compose()["services"]
-    assert set(services) == {"redis", "postgres", "airflow", "feature-server"}
+    assert set(services) == {"redis", "postgres", "airflow", "feature-server", "ranking-server"}
     bind = "${FEEDSTORE_BIND:-127.0.0.1}"
     assert f"{bind}:6379:6379" in services["redis"]["ports"] and "healthcheck" in services["redis"]
     assert "healthcheck" in services["postgres"] and f"{bind}:5432:5432" in services["postgres"]["ports"]
@@ -24,6 +24,9 @@ def test_services_ports_and_health_checks():
     assert any(v.startswith("redis-data:") for v in services["redis"]["volumes"])
     assert "airflow standalone" in " ".join(services["airflow"]["command"])
     assert "serve" in " ".join(services["feature-server"]["command"])
+    ranking = services["ranking-server"]
+    assert "feedstore serve --online-store redis --host 0.0.0.0 --port 6567" in " ".join(ranking["command"])
+    assert f"{bind}:6567:6567" in ranking["ports"] and "/ready" in " ".join(ranking["healthcheck"]["test"])
 
 
 def test_every_port_is_bound_to_loopback_by_default():
@@ -35,7 +38,7 @@ def test_every_port_is_bound_to_loopback_by_default():
 def test_services_are_built_from_the_project_image_not_installed_at_start():
     services = compose()["services"]
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for name in ("airflow", "feature-server"):
+    for name in ("airflow", "feature-server", "ranking-server"):
         target = services[name]["build"]["target"]
         assert f" AS {target}" in dockerfile, name
         assert "pip install" not in " ".join(services[name]["command"]), name
@@ -58,7 +61,7 @@ def test_environment_matches_the_repo():
     feast_yaml = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
     needed = set(re.findall(r"\$\{(\w+)\}", feast_yaml))
     assert needed == {"FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING"}
-    for name in ("airflow", "feature-server"):
+    for name in ("airflow", "feature-server", "ranking-server"):
         env = services[name]["environment"]
         assert needed <= set(env), name
         assert env["REDIS_CONNECTION_STRING"].split(":")[0] == "redis"  # the compose service name
