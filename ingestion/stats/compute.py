@@ -517,12 +517,12 @@ def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path
                         for f in view.features)
     # Read in (day, keys) order and write each day's file here, not with COPY ... PARTITION_BY: a partitioned COPY
     # on several threads writes rows (and files) in scheduling order, so two runs gave different bytes.
-    reader = con.execute(f"""
+    reader = con.sql(f"""
         SELECT {keys}, CAST(DATE '1970-01-01' + d + 1 AS TIMESTAMPTZ) AS event_timestamp, {outputs}, d
         FROM (SELECT {keys}, d, {tiles} FROM ev GROUP BY ALL)
         WINDOW w AS (PARTITION BY {keys} ORDER BY d ROWS UNBOUNDED PRECEDING)
         QUALIFY DATE '1970-01-01' + d BETWEEN $lo AND $hi
-        ORDER BY d, {keys}""", {"lo": lo, "hi": hi}).to_arrow_reader(1 << 20)
+        ORDER BY d, {keys}""", params={"lo": lo, "hi": hi}).to_arrow_reader(1 << 20)
     schema = offline_schema(view)
     pending: list[pa.RecordBatch] = []
 
