@@ -168,7 +168,7 @@ class FastMaterializationEngine(LocalComputeEngine):
             con.execute(f"SET memory_limit = '{self.duckdb_memory_limit}'")
             con.execute(f"SET temp_directory = '{spill}'")  # a private spill directory, never the current one
             reader = con.sql(_latest_rows_sql(fv, _source_path(fv.batch_source, cfg.repo_path)),
-                             params={"start": _naive_utc(task.start_time), "end": _naive_utc(task.end_time)}
+                             params={"start": _utc(task.start_time), "end": _utc(task.end_time)}
                              ).to_arrow_reader(self.batch_rows)
             layout.check_schema(reader.schema)
             for k, batch in enumerate(reader):
@@ -191,10 +191,13 @@ class FastMaterializationEngine(LocalComputeEngine):
                  f"{read:,}", f"{written:,}", f"{read - written:,}", dt, f"{read / max(dt, 1e-9):,.0f}")
 
 
-def _naive_utc(ts):
+def _utc(ts):
+    """An aware UTC datetime (naive means UTC, as in Feast). Compared with the timestamp column as it is, not cast
+    (Feast's duckdb store casts it to a naive UTC timestamp: the same instants in this UTC session), so DuckDB can
+    skip Parquet files and row groups by their statistics."""
     from datetime import timezone
 
-    return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+    return ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 def _source_path(src: FileSource, repo_path) -> str:
@@ -217,7 +220,7 @@ def _latest_rows_sql(fv: FeatureView, path: str) -> str:
     order = f"{_q(ts)} DESC NULLS LAST" + (f", {_q(created)} DESC NULLS LAST" if created else "")
     literal = "'" + path.replace("'", "''") + "'"
     return (f"SELECT {', '.join(map(_q, cols))} FROM read_parquet({literal}, hive_partitioning = false) "
-            f"WHERE CAST({_q(ts)} AS TIMESTAMP) >= $start AND CAST({_q(ts)} AS TIMESTAMP) <= $end "
+            f"WHERE {_q(ts)} >= $start AND {_q(ts)} <= $end "
             f"QUALIFY row_number() OVER (PARTITION BY {', '.join(map(_q, keys))} ORDER BY {order}) = 1")
 
 
