@@ -46,10 +46,7 @@ from feast.repo_config import FeastConfigBaseModel
 from feast.value_type import ValueType
 from pydantic import StrictInt
 
-try:  # the restructure moves the helper to feedstore.core.duck
-    from feedstore.core.duck import connect
-except ImportError:
-    from feedstore.duck import connect
+from feedstore.core.duck import connect
 
 log = logging.getLogger(__name__)
 
