@@ -28,7 +28,6 @@ import logging
 import struct
 import tempfile
 import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -47,6 +46,7 @@ from feast.value_type import ValueType
 from pydantic import StrictInt
 
 from feedstore.core.duck import connect
+from feedstore.plugins.asof_duckdb import resolve_source_path
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,8 @@ def _utc(ts):
 
 
 def _source_path(src: FileSource, repo_path) -> str:
-    path = src.path.removeprefix("file://")
-    if not Path(path).is_absolute() and repo_path is not None:
-        path = str(Path(repo_path) / path)
-    return path
+    """The source's Parquet glob: the registry keeps it relative to the data dir (resolved like the offline store)."""
+    return resolve_source_path(src.path.removeprefix("file://"))
 
 
 def _q(name: str) -> str:
