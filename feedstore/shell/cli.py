@@ -54,6 +54,7 @@ EXAMPLES = {
     "apply": "feedstore apply --online-store redis",
     "materialize": "feedstore materialize --end 2025-01-01",
     "lookup": "feedstore lookup --user 42 --items 1001,1002 --at 2025-01-01T09:00:00",
+    "serve": "feedstore serve --online-store redis --port 6567 --workers 2",
     "check-skew": "feedstore check-skew --sample 200",
     "training-set": "feedstore training-set --version v1",
     "evaluate": "feedstore evaluate --version v1",
@@ -324,6 +325,7 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
               envvar="FEEDSTORE_MAX_CANDIDATES",
               help="Most entity rows / candidates one request may ask for (more: 413) [env FEEDSTORE_MAX_CANDIDATES].")
 @_ONLINE
+@_global_options
 @click.pass_obj
 def serve(g: Globals, host, port, workers, max_candidates, online_store) -> None:
     """HTTP feature server: Feast's /get-online-features, /rank (one user + N candidates), /health, /ready."""
