@@ -6,6 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.feedstore-installed
+SPARK_STAMP := $(VENV)/.feedstore-spark-installed
 
 .PHONY: demo test test-unit test-integration bench lint clean help
 
@@ -19,19 +20,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# the `spark` extra (pyspark, ~490 MB): the tests run every engine-dependent test on DuckDB and Spark
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	@touch $(SPARK_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/feedstore run
 
-test: $(STAMP)
+test: $(SPARK_STAMP)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(SPARK_STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(SPARK_STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-bench: $(STAMP)
+bench: $(SPARK_STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/serving.py

@@ -15,8 +15,11 @@ late-data rewrites, which only this function knows about)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -24,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.feast_repo import feature_store
+from feedstore.core.progress import Progress
 from feedstore.serving.store import latest_materialized, latest_snapshot
 
 log = logging.getLogger(__name__)
@@ -53,24 +57,28 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
         return MaterializeResult(end, {}, {})
     rewritten, seq = _rewritten_since(cfg, online_store)
     entities, seconds = {}, {}
-    for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
-        t0 = time.perf_counter()
-        start = end - fv.ttl
-        last = max((e for _, e in fv.materialization_intervals or []), default=None)
-        if last is not None and not force and end - fv.ttl <= last <= end:
-            since = last.astimezone(timezone.utc) + timedelta(seconds=1)  # rows are stamped at midnight
-            start = max(start, min(since, rewritten) if rewritten is not None else since)
-        if start > end:
-            entities[fv.name], seconds[fv.name] = 0, 0.0
-            log.info("materialized %s: nothing changed since %s", fv.name, last.isoformat())
-            continue
-        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
-        seconds[fv.name] = time.perf_counter() - t0
-        entities[fv.name] = _count_latest(cfg, fv.name, start, end)
-        log.info("materialized %s over [%s, %s]: %s entities written (%s) in %.1f s (%s/s) into %s", fv.name,
-                 start.isoformat(), end.isoformat(), f"{entities[fv.name]:,}",
-                 "every entity in the ttl window" if start == end - fv.ttl else "the ones that changed",
-                 seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+    views = sorted(store.list_feature_views(), key=lambda v: v.name)
+    with Progress(len(views), f"materialize into {online_store}", unit="views", logger=log) as progress:
+        for fv in views:
+            t0 = time.perf_counter()
+            start = end - fv.ttl
+            last = max((e for _, e in fv.materialization_intervals or []), default=None)
+            if last is not None and not force and end - fv.ttl <= last <= end:
+                since = last.astimezone(timezone.utc) + timedelta(seconds=1)  # rows are stamped at midnight
+                start = max(start, min(since, rewritten) if rewritten is not None else since)
+            if start > end:
+                entities[fv.name], seconds[fv.name] = 0, 0.0
+                log.info("materialized %s: nothing changed since %s", fv.name, last.isoformat())
+                progress.update()
+                continue
+            _quietly(store.materialize, start_date=start, end_date=end, feature_views=[fv.name])
+            seconds[fv.name] = time.perf_counter() - t0
+            entities[fv.name] = _count_latest(cfg, fv.name, start, end)
+            log.info("materialized %s over [%s, %s]: %s entities written (%s) in %.1f s (%s/s) into %s", fv.name,
+                     start.isoformat(), end.isoformat(), f"{entities[fv.name]:,}",
+                     "every entity in the ttl window" if start == end - fv.ttl else "the ones that changed",
+                     seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+            progress.update()
     if seq:
         from feedstore.core.io import write_json
 
@@ -105,3 +113,20 @@ def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime
     glob = Catalog(cfg.data_dir).view_glob(view)
     return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet('{glob}', hive_partitioning = false) "
                           "WHERE event_timestamp BETWEEN $s AND $e", {"s": start, "e": end}).fetchone()[0]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _quietly(fn, *args, **kwargs):
+    """Run a Feast call with its console output (a coloured banner, tqdm bars) captured: what it said goes to the
+    DEBUG log without ANSI codes, so a redirected log or an Airflow task log holds no escape sequences."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return fn(*args, **kwargs)
+    finally:
+        for line in (out.getvalue() + err.getvalue()).splitlines():
+            line = _ANSI.sub("", line).strip()
+            if line:
+                log.debug("feast: %s", line)

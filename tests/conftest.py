@@ -128,3 +128,39 @@ def stats_data(tmp_path_factory) -> Path:
     validate_events(cfg, as_of=datetime(2026, 1, 1, tzinfo=timezone.utc))
     compute_stats(cfg)
     return d
+
+
+# ------------------------------------------------------------------------------------------ Spark
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test run (start-up is paid once). The `spark` engine's code calls
+    feedstore.core.spark.get_spark, which returns this session. Skipped where pyspark or Java is missing, unless
+    FEEDSTORE_REQUIRE_SPARK=1 (CI), where that is a failure."""
+    import importlib.util
+    import os
+
+    from feedstore.core.config import SparkConfig
+    from feedstore.core.errors import ConfigError
+
+    required = os.environ.get("FEEDSTORE_REQUIRE_SPARK") == "1"
+    problem = None
+    if importlib.util.find_spec("pyspark") is None:
+        problem = "pyspark is not installed (pip install -e '.[spark]'; `make test` does)"
+    else:
+        from feedstore.core.spark import check_java
+
+        try:
+            check_java()
+        except ConfigError as e:
+            problem = str(e)
+    if problem:
+        if required:
+            pytest.fail(f"Spark tests required (FEEDSTORE_REQUIRE_SPARK=1): {problem}")
+        pytest.skip(problem)
+    from feedstore.core.spark import get_spark, stop_spark
+
+    session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="1g"))
+    yield session
+    stop_spark()

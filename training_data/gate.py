@@ -105,19 +105,23 @@ class TrainingSetGate:
         cap = self.cfg.generation.engagement.dwell_cap_seconds
         rules = [
             *[expectation("ExpectColumnValuesToBeInSet", f"{label}_is_binary", TABLE, column=f"_{label}_binary",
-                          value_set=[True]) for label in ("click", "like", "share")],
+                          value_set=[True], notes=f"{label} is 0 or 1 in every row (checked per split and day)")
+              for label in ("click", "like", "share")],
             expectation("ExpectColumnValuesToBeBetween", "dwell_not_negative", TABLE, column="_dwell_min",
-                        min_value=0),
+                        min_value=0, notes="dwell_time >= 0 in every row"),
             expectation("ExpectColumnValuesToBeBetween", "dwell_below_cap", TABLE, column="_dwell_max",
-                        max_value=cap),
+                        max_value=cap, notes=f"dwell_time <= {cap:g} s in every row"),
             expectation("ExpectColumnValuesToBeInSet", "every_row_in_a_split", TABLE, column="_split_known",
-                        value_set=[True]),
+                        value_set=[True], notes="every row is in train, val, test (or a gap between them)"),
             expectation("ExpectColumnValuesToBeBetween", "event_timestamp_present", TABLE, column="_ts_missing",
-                        max_value=0),
+                        max_value=0, notes="event_timestamp is never null"),
             *[expectation("ExpectColumnValuesToBeInSet", f"no_future_feature_row_{c.removeprefix('_no_future__')}",
-                          TABLE, column=c, value_set=[True]) for c in folded.columns if c.startswith("_no_future__")],
+                          TABLE, column=c, value_set=[True],
+                          notes=f"no {c.removeprefix('_no_future__')} row joined to an impression is stamped after it"
+                                " (point-in-time join)")
+              for c in folded.columns if c.startswith("_no_future__")],
         ]
-        runner = GXRunner(docs_dir=docs_dir)
+        runner = GXRunner(docs_dir=docs_dir, history=self.cfg.validation.docs_history)
         outcomes = runner.validate(folded, suite(SUITE, rules), "training_set", example_columns=["split", "day"],
                                    run_name="training set")
         sparse = set(self.cfg.splits.sparse_features)

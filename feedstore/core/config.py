@@ -11,7 +11,7 @@ import math
 import os
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +27,7 @@ PRESETS_DIR = CONFIG_DIR / "presets"
 ENV_CONFIG = "FEEDSTORE_CONFIG"
 ENV_DATA_DIR = "FEEDSTORE_DATA_DIR"
 ENV_PRESET = "FEEDSTORE_PRESET"
+ENV_ENGINE = "FEEDSTORE_ENGINE"
 
 
 
@@ -285,6 +286,9 @@ class ValidationConfig(_Strict):
         2_000_000, ge=10_000, description="Rows validated per GX batch; bounds memory at any input size."
     )
     example_rows: int = Field(5, ge=0, le=100, description="Offending example rows kept per expectation in reports.")
+    docs_history: int = Field(
+        20, ge=1, le=10_000, description="Data Docs keep the newest this many validation runs of each suite."
+    )
 
     @model_validator(mode="after")
     def _bands(self) -> ValidationConfig:
@@ -310,11 +314,29 @@ class ServingConfig(_Strict):
         return v
 
 
+class SparkConfig(_Strict):
+    """How the process's Spark session starts when `engine: spark` (feedstore.core.spark.get_spark). A cluster is
+    a different `master` (spark://host:7077, yarn, k8s://https://host:443) and nothing else."""
+
+    master: str = Field("local[*]", description="Spark master URL: local[*] (all cores of this machine), local[2], "
+                        "spark://host:7077, yarn, k8s://...")
+    driver_memory: str = Field("2g", description="spark.driver.memory.")
+    executor_memory: str = Field("2g", description="spark.executor.memory.")
+    shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions (Spark's 200 costs ~200 "
+                                    "tiny tasks per shuffle in local mode; raise it on a cluster).")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, applied last (the UTC "
+                                 "session time zone and microsecond Parquet timestamps always hold).")
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline configuration."""
 
     data_dir: Path = Field(Path("data"), description="Root of every stage's inputs and outputs.")
     log_level: str = Field("INFO", description="Python logging level name.")
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="Compute engine of `validate` and `stats`: duckdb (one machine, the default) or spark "
+        "(the `spark` extra and Java 17/21; settings under `spark`). Both write the same tables.")
+    spark: SparkConfig = SparkConfig()
     generation: GenerationConfig = GenerationConfig()
     validation: ValidationConfig = ValidationConfig()
     splits: SplitConfig = SplitConfig()
@@ -413,9 +435,10 @@ def load_config(
         _record_sources(overlay, "", str(preset_path), sources)
         data = _deep_merge(data, overlay)
 
-    if env.get(ENV_DATA_DIR):
-        data["data_dir"] = env[ENV_DATA_DIR]
-        sources["data_dir"] = f"${ENV_DATA_DIR}"
+    for key, var in (("data_dir", ENV_DATA_DIR), ("engine", ENV_ENGINE)):
+        if env.get(var):
+            data[key] = env[var]
+            sources[key] = f"${var}"
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

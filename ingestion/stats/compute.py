@@ -49,6 +49,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
 from feedstore.core.io import replace_dir
+from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
 
@@ -361,7 +362,8 @@ def _snapshot_table(view: ViewSpec, ents: _Entities, attrs: dict[str, np.ndarray
     }, schema=schema)
 
 
-def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
+def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: FeatureSpec = FEATURE_SPEC,
+                  bar: bool | None = None) -> StagedStats:
     """Stage `stats`, full recompute, staged for the gate (the caller publishes): every view for snapshot days
     [first day of data, `end` (default: the last)], and the tiles and lifetime state rebuilt from the same events.
     (A day range is `feedstore.ingestion.stats.incremental.update_stats`.)"""
@@ -410,8 +412,10 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
         pair_tiles = [side.submit(_stage_pair_intermediates, con.cursor(), v, inter_stage, hi_n, n_cat)
                       for v in spec.views if v.rows == "active_days"]
         writer = _DayWriter(workers)
+        swept = [v for v in spec.views if v.rows == "change_points"]
+        progress = Progress(len(swept) * (hi_n - lo_n + 1), "stats", unit="days", bar=bar)
         try:
-            for view in (v for v in spec.views if v.rows == "change_points"):
+            for view in swept:
                 ents, attrs = _load_entities(con, view, tables[view.entity_table], origin_day)
                 sums, names, narrow = _tile_sums(view, n_cat)
                 index = {n: i for i, n in enumerate(names)}
@@ -423,8 +427,10 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
                                    final=final):
                     writer.write(view.name, _snapshot_table(view, ents, attrs, snap, index, n_cat, schema),
                                  _part(stage, view.name, snap.day))
+                    progress.update()
                 _stage_intermediates(writer, view, ents, act, names, final[None][:narrow], hi_n, n_cat, inter_stage)
         finally:
+            progress.close()
             writer.close()
             side.shutdown(wait=True)
         for fut in [*pending.values(), *pair_tiles]:

@@ -93,3 +93,24 @@ def test_date_range_helpers():
     g = PipelineConfig().generation
     assert g.start == date(2024, 1, 1) and g.n_days == 366
     assert g.end_ts.isoformat() == "2025-01-01T00:00:00+00:00"
+
+
+def test_engine_precedence_flag_over_env_over_preset_over_file(tmp_path):
+    preset = tmp_path / "spark-preset.yaml"
+    preset.write_text("engine: spark\nspark: {master: 'spark://preset:7077'}\n")
+    path = _write(tmp_path, {"engine": "duckdb", "spark": {"master": "local[2]", "conf": {"spark.x": "1"}}})
+    cfg = load_config(path, env={})
+    assert cfg.engine == "duckdb" and cfg.spark.master == "local[2]" and cfg.spark.conf == {"spark.x": "1"}
+    assert load_config(path, preset=str(preset), env={}).engine == "spark"  # preset beats file
+    assert load_config(path, preset=str(preset), env={}).spark.master == "spark://preset:7077"
+    assert load_config(path, env={"FEEDSTORE_ENGINE": "spark"}).engine == "spark"  # env beats file
+    cfg = load_config(path, preset=str(preset), env={"FEEDSTORE_ENGINE": "duckdb"})
+    assert cfg.engine == "duckdb"  # env beats preset
+    cfg = load_config(path, env={"FEEDSTORE_ENGINE": "duckdb"}, overrides={"engine": "spark"})
+    assert cfg.engine == "spark"  # flag beats env
+
+
+def test_unknown_engine_names_its_source(tmp_path):
+    with pytest.raises(ConfigError, match=r"engine: .*'duckdb' or 'spark'.*\[from \$FEEDSTORE_ENGINE\]") as e:
+        load_config(_write(tmp_path, {}), env={"FEEDSTORE_ENGINE": "flink"})
+    assert "\n" not in str(e.value) and e.value.exit_code == 2

@@ -1,0 +1,90 @@
+"""Benchmark the two engines (`--engine duckdb | spark`): `feedstore validate` and `feedstore stats` at 1M events.
+
+Run:  .venv/bin/python bench/engines.py [--events 1000000] [--master local[2]] [--out bench/out]
+The events are generated once (not timed). Each stage then runs in a fresh `feedstore` process per engine, so
+the numbers include process start-up, imports and, for Spark, starting the JVM and the session (what a user
+sees on one machine). Reported per run: wall time, CPU time (user + system, summed over the process tree: the
+Python driver, the JVM, the Python workers) and the peak summed RSS of the tree. The two engines' outputs are
+then compared content for content (bench/compare_outputs.py) and the result printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_tree(cmd: list[str], env: dict[str, str], interval: float = 0.1) -> tuple[float, float, float, int, str]:
+    """Run `cmd`; return (wall s, CPU s of its process tree, peak summed RSS MiB, exit code, stderr tail)."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        parent, peak, cpu = psutil.Process(proc.pid), 0, {}
+        while proc.poll() is None:
+            try:
+                tree = [parent, *parent.children(recursive=True)]
+                rss = 0
+                for p in tree:
+                    with p.oneshot():
+                        rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(interval)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        return wall, sum(cpu.values()), peak / 2**20, proc.returncode, err.read()[-3000:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--master", default="local[2]", help="Spark master of the spark runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "engines")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average at start {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    config = args.out / "spark.yaml"
+    config.write_text(f"spark:\n  master: '{args.master}'\n")
+    src = args.out / "raw-src"
+    env = {**os.environ, "FEEDSTORE_DATA_DIR": str(src)}
+    env.pop("FEEDSTORE_CONFIG", None)
+    env.pop("FEEDSTORE_ENGINE", None)
+    feedstore = [sys.executable, "-m", "feedstore", "--config", str(config), "--log-level", "WARNING"]
+    _, _, _, rc, err = run_tree([*feedstore, "generate", "--interactions", str(args.events), "--no-report"], env)
+    assert rc == 0, f"generation failed: {err}"
+    dirs = {}
+    for engine in ("duckdb", "spark"):
+        d = args.out / engine
+        shutil.copytree(src / "raw", d / "raw")
+        dirs[engine] = d
+        run_env = {**env, "FEEDSTORE_DATA_DIR": str(d)}
+        for stage in (["validate", "--as-of", "2026-01-01"], ["stats"]):
+            wall, cpu, peak, rc, err = run_tree([*feedstore, "--engine", engine, *stage], run_env)
+            assert rc == 0, f"{engine} {stage[0]} failed: {err}"
+            where = f"Spark {args.master}" if engine == "spark" else "DuckDB"
+            print(f"{args.events:,} events  {stage[0]:8s} {where:16s} wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
+                  f"peak RSS {peak:6.0f} MiB", flush=True)
+    compare = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_outputs.py"), str(dirs["duckdb"]),
+                              str(dirs["spark"])], capture_output=True, text=True)
+    print(compare.stdout.strip())
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
