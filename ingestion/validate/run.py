@@ -65,6 +65,8 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         raise InputDataError(f"{Catalog(data_dir).raw_interactions}: interactions are empty "
                              f"(0 rows in {len(parts)} files)")
 
+    for path, schema in ((Catalog(data_dir).raw_users, USERS_SCHEMA), (Catalog(data_dir).raw_items, ITEMS_SCHEMA)):
+        read_contract_table(path, schema)  # unreadable entity tables fail here, in one line, before anything starts
     log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations",
              f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
     stage = data_dir / f".validate-staging-{uuid.uuid4().hex[:8]}"
