@@ -4,14 +4,15 @@ rolling it back.
 **What a daily run writes.** The statistics write a row only when a value can change (activity, a window expiry,
 the day an entity appears, a heartbeat). So after the online store caught up at P (the view's newest
 materialization end in Feast's registry), the entities whose online values differ at `end` are exactly those with
-a row stamped in (P, end], plus those with a row on a day a later `stats` run rewrote (late or corrected data,
-listed in the statistics' change log, `Catalog.stats_changes`). Each view is therefore materialized over
-[max(end - ttl, min(P + 1 s, first rewritten stamp)), end] through Feast's own `store.materialize` (any batch
-engine, the fast one included, sees an ordinary interval): Feast writes each entity's latest row in that interval,
-which is its latest row overall; every other entity already holds, online, the row a full [end - ttl, end] load
-would write. Without a previous materialization, after a gap longer than the ttl, or with `force`, the full
-[end - ttl, end] interval is loaded. `feast materialize-incremental` keeps working: it loads (P, end] (without the
-late-data rewrites, which only this function knows about)."""
+a row stamped in (P, end]. Each view is therefore materialized over [P + 1 s, end] through Feast's own
+`store.materialize` (any batch engine, the fast one included, sees an ordinary interval): Feast writes each
+entity's latest row in that interval, which is its latest row overall; every other entity already holds, online,
+the row a full [end - ttl, end] load would write. Late data is the exception: if a `stats` run changed the values of
+a day already served (the statistics' change log, `Catalog.stats_changes`, says from which day), a changed row may
+also have disappeared (an expiry row of removed activity), and only a full load writes every entity's now-latest
+row; so that view is loaded over [end - ttl, end], as it is without a previous materialization, after a gap longer
+than the ttl, or with `force`. `feast materialize-incremental` keeps working: it loads (P, end] (it does not know
+about late data)."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
             t0 = time.perf_counter()
             start = end - fv.ttl
             last = max((e for _, e in fv.materialization_intervals or []), default=None)
-            if last is not None and not force and end - fv.ttl <= last <= end:
-                since = last.astimezone(timezone.utc) + timedelta(seconds=1)  # rows are stamped at midnight
-                start = max(start, min(since, rewritten) if rewritten is not None else since)
+            # incremental unless late data changed rows already served (a changed row may also have disappeared,
+            # so only a full load writes each entity's now-latest row)
+            if (last is not None and not force and end - fv.ttl <= last <= end
+                    and (rewritten is None or rewritten > last)):
+                start = max(start, last.astimezone(timezone.utc) + timedelta(seconds=1))  # rows stamped at midnight
             if start > end:
                 entities[fv.name], seconds[fv.name] = 0, 0.0
                 log.info("materialized %s: nothing changed since %s", fv.name, last.isoformat())
@@ -92,8 +95,8 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
 
 
 def _rewritten_since(cfg: PipelineConfig, online_store: str) -> tuple[datetime | None, int]:
-    """(the stamp of the earliest snapshot day a `stats` run rewrote since this online store last caught up, or
-    None; the newest change-log entry)."""
+    """(the stamp of the earliest snapshot day whose values a `stats` run changed after computing it before (late
+    data), since this online store last caught up, or None; the newest change-log entry)."""
     cat = Catalog(cfg.data_dir)
     try:
         runs = json.loads(cat.stats_changes.read_text())["runs"]
@@ -103,11 +106,11 @@ def _rewritten_since(cfg: PipelineConfig, online_store: str) -> tuple[datetime |
         done = json.loads(cat.changes_materialized(online_store).read_text())["seq"]
     except (OSError, ValueError, KeyError):
         done = 0
-    pending = [r["first"] for r in runs if r["seq"] > done]
-    if not pending:
-        return None, runs[-1]["seq"] if runs else 0
-    first = datetime.fromisoformat(min(pending)).replace(tzinfo=timezone.utc) + timedelta(days=1)
-    return first, runs[-1]["seq"]
+    late = [r["late"] for r in runs if r["seq"] > done and r.get("late")]
+    newest = runs[-1]["seq"] if runs else 0
+    if not late:
+        return None, newest
+    return datetime.fromisoformat(min(late)).replace(tzinfo=timezone.utc) + timedelta(days=1), newest
 
 
 def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime) -> int:

@@ -261,6 +261,7 @@ class StagedStats:
     data_dir: Path | None = None
     tile_days: dict[str, list[str] | None] = field(default_factory=dict)  # None: the view's whole tile table
     version: VersionStage | None = None
+    late_from: str | None = None  # the first already-computed day whose values may have changed (late data)
     published: bool = field(default=False)
 
     @property
@@ -297,7 +298,7 @@ class StagedStats:
                 if state.exists():
                     cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(state, cat.tile_state(view))
-            _log_change(cat, self.days)
+            _log_change(cat, self.days, self.late_from)
         if self.version is not None:
             shutil.rmtree(self.intermediate, ignore_errors=True)
         self.published = True
@@ -318,8 +319,9 @@ class StagedStats:
             self.discard()
 
 
-def _log_change(cat: Catalog, days: list[str]) -> None:
-    """Append the rewritten snapshot days to the change log materialization reads (the newest 1,000 runs)."""
+def _log_change(cat: Catalog, days: list[str], late_from: str | None) -> None:
+    """Append the rewritten snapshot days, and the first one whose values may have changed (late data), to the
+    change log materialization reads (the newest 1,000 runs)."""
     import json
 
     from feedstore.core.io import write_json
@@ -329,7 +331,7 @@ def _log_change(cat: Catalog, days: list[str]) -> None:
     except (OSError, ValueError):
         doc = {"runs": []}
     seq = (doc["runs"][-1]["seq"] + 1) if doc["runs"] else 1
-    doc["runs"] = [*doc["runs"][-999:], {"seq": seq, "first": days[0], "last": days[-1]}]
+    doc["runs"] = [*doc["runs"][-999:], {"seq": seq, "first": days[0], "last": days[-1], "late": late_from}]
     write_json(doc, cat.stats_changes)
 
 
@@ -460,7 +462,8 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
     log.info("stats computed for %d snapshot days (%s..%s) in %.2f s: %s", len(days), lo, hi, seconds,
              ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
     return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root,
-                       {v.name: None for v in spec.views}, version)
+                       {v.name: None for v in spec.views}, version,
+                       late_from=days[0])  # a full recompute may change any day
 
 
 def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, act: _Activity, names: list[str],

@@ -208,8 +208,9 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
              "%.2f s: %s", len(days), days[0], days[-1], tiles.day_str(ev_lo), tiles.day_str(ev_hi),
              tiles.day_str(s) if trusted else "none", seconds,
              ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
+    changed = [d for vt in views.values() for d in vt.differs if d <= s] if trusted else [ev_lo]
     return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root, tile_days,
-                       version)
+                       version, late_from=tiles.day_str(min(changed)) if changed else None)
 
 
 def tiles_date(day: int) -> date:
