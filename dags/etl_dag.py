@@ -5,16 +5,23 @@ Daily feature pipeline for feed ranking (feedstore). Each run processes **one da
 logical date (the run at 2024-11-15 02:00 processes 2024-11-14), and every task is idempotent for it
 (re-running the day overwrites that day's partitions and nothing else).
 
-`generate_events` -> `validate_events` -> `compute_stats` -> `validate_stats` ->
+`build_history` -> `generate_events` -> `validate_events` -> `compute_stats` -> `validate_stats` ->
 `apply_definitions` -> `materialize_online` -> `build_training_set` -> `validate_training_set` ->
 `check_skew`
 
 * Every task calls the same `feedstore.shell.runner` function as the `feedstore` CLI; settings come from the pipeline
   config (`FEEDSTORE_CONFIG`, `FEEDSTORE_DATA_DIR`) and Feast's from `feature_repo/feature_store*.yaml`.
+* `build_history` is the cold start: on an empty data dir it generates, validates and computes the statistics of
+  every day from the source's first day (`generation.start`) to the day before, so the first run has the history
+  its features need; afterwards it does nothing.
+* `compute_stats` is incremental: it reads the day's events, the tiles its windows need and the lifetime state
+  (late data for an earlier day also rewrites the later rows it changes). Backfills (`airflow backfill create
+  --dag-id etl_and_feature_engineering --from-date ... --to-date ...`, one run at a time) give the same offline
+  tables as one full run over the range.
 * A failed validation gate fails its task at once (no retries: retrying cannot fix data), so nothing downstream
   runs; the task log shows the summary table. Other errors (a service down) get the 2 retries.
-* `materialize_online` loads each view over [end of the day - its ttl, end of the day]: overlapping windows
-  pick up late data.
+* `materialize_online` writes the entities whose online values changed: the rows stamped since the view's last
+  materialization, and the rows `compute_stats` rewrote for late data.
 * Run params: `inject_faults` (fraction of corrupted rows, to exercise the gate; default 0).
 """
 
@@ -68,11 +75,22 @@ def _config():
 )
 def etl_and_feature_engineering():
     @task
-    def generate_events(params=None) -> str:
+    def build_history() -> str:
+        """Cold start: on an empty data dir, build the history the features need (nothing otherwise)."""
+        from feedstore.shell.runner import prepare_history as run
+
+        day, end = _day_and_end()
+        _gate(run, _config(), day, as_of=end)
+        return day.isoformat()
+
+    @task
+    def generate_events(day: str, params=None) -> str:
         """Write the day's raw events (users and items are rewritten identically)."""
+        from datetime import date
+
         from feedstore.shell.runner import generate_events as run
 
-        day, _ = _day_and_end()
+        day = date.fromisoformat(day)
         _gate(run, _config(), days=[day], fault_rate=float((params or {}).get("inject_faults", 0.0)), report=False,
               progress=False)
         return day.isoformat()
@@ -149,7 +167,7 @@ def etl_and_feature_engineering():
 
         _gate(run, _config())
 
-    day = generate_events()
+    day = generate_events(build_history())
     stats = validate_stats(compute_stats(validate_events(day)))
     version = build_training_set(materialize_online(apply_definitions(stats)))
     check_skew(validate_training_set(version))

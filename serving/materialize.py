@@ -1,16 +1,33 @@
-"""materialize: the latest features of every entity into the online store (each view over [end - ttl, end]),
-never rolling it back."""
+"""materialize: the latest features into the online store, writing only the entities whose values changed, never
+rolling it back.
+
+**What a daily run writes.** The statistics write a row only when a value can change (activity, a window expiry,
+the day an entity appears, a heartbeat). So after the online store caught up at P (the view's newest
+materialization end in Feast's registry), the entities whose online values differ at `end` are exactly those with
+a row stamped in (P, end], plus those with a row on a day a later `stats` run rewrote (late or corrected data,
+listed in the statistics' change log, `Catalog.stats_changes`). Each view is therefore materialized over
+[max(end - ttl, min(P + 1 s, first rewritten stamp)), end] through Feast's own `store.materialize` (any batch
+engine, the fast one included, sees an ordinary interval): Feast writes each entity's latest row in that interval,
+which is its latest row overall; every other entity already holds, online, the row a full [end - ttl, end] load
+would write. Without a previous materialization, after a gap longer than the ttl, or with `force`, the full
+[end - ttl, end] interval is loaded. `feast materialize-incremental` keeps working: it loads (P, end] (without the
+late-data rewrites, which only this function knows about)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.feast_repo import feature_store
+from feedstore.core.progress import Progress
 from feedstore.serving.store import latest_materialized, latest_snapshot
 
 log = logging.getLogger(__name__)
@@ -38,15 +55,54 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
         log.warning("online store already reflects %s, later than %s: not materializing (a backfill must not roll "
                     "it back; use --force to do so anyway)", newest.isoformat(), end.isoformat())
         return MaterializeResult(end, {}, {})
+    rewritten, seq = _rewritten_since(cfg, online_store)
     entities, seconds = {}, {}
-    for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
-        t0 = time.perf_counter()
-        store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
-        seconds[fv.name] = time.perf_counter() - t0
-        entities[fv.name] = _count_latest(cfg, fv.name, end - fv.ttl, end)
-        log.info("materialized %s: %s entities in %.1f s (%s/s) into %s", fv.name, f"{entities[fv.name]:,}",
-                 seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+    views = sorted(store.list_feature_views(), key=lambda v: v.name)
+    with Progress(len(views), f"materialize into {online_store}", unit="views", logger=log) as progress:
+        for fv in views:
+            t0 = time.perf_counter()
+            start = end - fv.ttl
+            last = max((e for _, e in fv.materialization_intervals or []), default=None)
+            if last is not None and not force and end - fv.ttl <= last <= end:
+                since = last.astimezone(timezone.utc) + timedelta(seconds=1)  # rows are stamped at midnight
+                start = max(start, min(since, rewritten) if rewritten is not None else since)
+            if start > end:
+                entities[fv.name], seconds[fv.name] = 0, 0.0
+                log.info("materialized %s: nothing changed since %s", fv.name, last.isoformat())
+                progress.update()
+                continue
+            _quietly(store.materialize, start_date=start, end_date=end, feature_views=[fv.name])
+            seconds[fv.name] = time.perf_counter() - t0
+            entities[fv.name] = _count_latest(cfg, fv.name, start, end)
+            log.info("materialized %s over [%s, %s]: %s entities written (%s) in %.1f s (%s/s) into %s", fv.name,
+                     start.isoformat(), end.isoformat(), f"{entities[fv.name]:,}",
+                     "every entity in the ttl window" if start == end - fv.ttl else "the ones that changed",
+                     seconds[fv.name], f"{entities[fv.name] / max(seconds[fv.name], 1e-9):,.0f}", online_store)
+            progress.update()
+    if seq:
+        from feedstore.core.io import write_json
+
+        write_json({"seq": seq}, Catalog(cfg.data_dir).changes_materialized(online_store))
     return MaterializeResult(end, entities, seconds)
+
+
+def _rewritten_since(cfg: PipelineConfig, online_store: str) -> tuple[datetime | None, int]:
+    """(the stamp of the earliest snapshot day a `stats` run rewrote since this online store last caught up, or
+    None; the newest change-log entry)."""
+    cat = Catalog(cfg.data_dir)
+    try:
+        runs = json.loads(cat.stats_changes.read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return None, 0
+    try:
+        done = json.loads(cat.changes_materialized(online_store).read_text())["seq"]
+    except (OSError, ValueError, KeyError):
+        done = 0
+    pending = [r["first"] for r in runs if r["seq"] > done]
+    if not pending:
+        return None, runs[-1]["seq"] if runs else 0
+    first = datetime.fromisoformat(min(pending)).replace(tzinfo=timezone.utc) + timedelta(days=1)
+    return first, runs[-1]["seq"]
 
 
 def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime) -> int:
@@ -57,3 +113,20 @@ def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime
     glob = Catalog(cfg.data_dir).view_glob(view)
     return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet('{glob}', hive_partitioning = false) "
                           "WHERE event_timestamp BETWEEN $s AND $e", {"s": start, "e": end}).fetchone()[0]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _quietly(fn, *args, **kwargs):
+    """Run a Feast call with its console output (a coloured banner, tqdm bars) captured: what it said goes to the
+    DEBUG log without ANSI codes, so a redirected log or an Airflow task log holds no escape sequences."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return fn(*args, **kwargs)
+    finally:
+        for line in (out.getvalue() + err.getvalue()).splitlines():
+            line = _ANSI.sub("", line).strip()
+            if line:
+                log.debug("feast: %s", line)

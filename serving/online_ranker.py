@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from feedstore.core.contracts import FEATURE_SERVICE, ITEM_SENTINEL, PAIR_SENTINEL, USER_SENTINEL
 from feedstore.core.errors import ServingError
+from feedstore.core.spec import FEATURE_SPEC
 from feedstore.serving.redis_codec import _decode
 from feedstore.serving.request import RankingContext
 
@@ -56,6 +57,12 @@ class OnlineRanker:
             self.views.append({"name": fv.name, "features": names, "fields": fields, "keys": keys,
                                "kinds": kinds, "by_kind": by_kind, "ttl": fv.ttl.total_seconds(),
                                "key_builder": self._key_builder(keys)})
+        features = [f for v in self.views for f in v["features"]] + [f for _, names in self.odfvs for f in names]
+        if service_name == FEATURE_SPEC.service:  # the spec's declared order, whatever order Feast keeps
+            features = [c.name for c in FEATURE_SPEC.service_columns()]
+        self.dtypes = {c.name: c.dtype for c in FEATURE_SPEC.service_columns()}
+        self.order = ["user_id", "item_id", *features, "user_missing", "item_missing", "user_item_missing",
+                      *(f"{v['name']}_age_seconds" for v in self.views)]
 
     def _key_builder(self, names: tuple[str, ...]):
         """bytes for an int64 entity key, as Feast's serialize_entity_key (v3) + project; verified once."""
@@ -85,39 +92,52 @@ class OnlineRanker:
     def get(self, user_id: int, item_ids: list[int], context: RankingContext) -> pd.DataFrame:
         """Every feature of the service, one row per candidate in the given order, plus missing flags and ages."""
         n = len(item_ids)
-        user_id = int(user_id)
-        item_ids = [int(i) for i in item_ids]
-        counts = []
+        return pd.DataFrame(self.columns(np.full(n, int(user_id), dtype=np.int64), np.asarray(item_ids, dtype=np.int64),
+                                         np.full(n, pd.Timestamp(context.request_ts).value, dtype=np.int64),
+                                         [context.device] * n), copy=False)
+
+    def columns(self, user_ids: np.ndarray, item_ids: np.ndarray, request_ns: np.ndarray,
+                devices: list[str]) -> dict[str, Any]:
+        """The features of N entity rows (user, item, request time in epoch nanoseconds, device) as columns:
+        `user_id`, `item_id`, every feature of the service in its declared order (integers as nullable integer
+        arrays, floats as float64 with NaN = missing, timestamps as UTC datetimes, lists as lists), then
+        `user_missing`, `item_missing`, `user_item_missing` and `<view>_age_seconds`. Rows may mix users,
+        request times and devices (Feast's /get-online-features); each user is read once."""
+        n = len(item_ids)
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        request_ns = np.asarray(request_ns, dtype=np.int64)
+        now = request_ns / 1e9
+        users, user_take = np.unique(user_ids, return_inverse=True) if n else (user_ids, user_ids)
+        plans = []
         with self.client.pipeline(transaction=False) as pipe:
             for v in self.views:
                 build, names = v["key_builder"], v["keys"]
                 if names == ("user_id",):
-                    rows = [(user_id,)]
+                    rows, take = [(int(u),) for u in users], user_take
                 elif names == ("item_id",):
-                    rows = [(i,) for i in item_ids]
+                    rows, take = [(int(i),) for i in item_ids], np.arange(n)
                 else:
-                    rows = [tuple(user_id if k == "user_id" else i for k in names) for i in item_ids]
-                counts.append(len(rows))
+                    pairs = {"user_id": user_ids.tolist(), "item_id": item_ids.tolist()}
+                    rows, take = list(zip(*(pairs[k] for k in names), strict=True)), np.arange(n)
+                plans.append((len(rows), take))
                 for r in rows:
                     pipe.hmget(build(r), v["fields"])
             replies = pipe.execute()
-        now = context.request_ts.timestamp()
-        out: dict[str, Any] = {"user_id": np.full(n, user_id, dtype=np.int64),
-                               "item_id": np.asarray(item_ids, dtype=np.int64)}
+        out: dict[str, Any] = {"user_id": user_ids, "item_id": item_ids}
         pos = 0
-        for v, count in zip(self.views, counts, strict=True):
+        for v, (count, take) in zip(self.views, plans, strict=True):
             block = replies[pos: pos + count]
             pos += count
-            stamp = _decode(v["name"], [r[-1] for r in block], "ts_proto")
-            age = now - stamp
+            age = now - _decode(v["name"], [r[-1] for r in block], "ts_proto")[take]
             live = (age <= v["ttl"]) & (age >= 0)  # NaN (no row) compares False: missing
-            take = np.zeros(n, dtype=np.int64) if count == 1 else np.arange(n)
-            rows = [r if ok else None for r, ok in zip(block, live, strict=True)]
+            dead = ~live
             for kind, idx in v["by_kind"].items():  # one vectorized decode per kind, not per feature
-                flat = [r[j] if r is not None else None for r in rows for j in idx]
+                flat = [r[j] for r in block for j in idx]
                 decoded = _decode(kind, flat, kind)
                 if isinstance(decoded, np.ndarray):
                     matrix = decoded.reshape(count, len(idx))[take]
+                    matrix[dead] = np.nan
                     for c, j in enumerate(idx):
                         col = matrix[:, c]
                         if kind == "int":  # nullable integers, like the values Feast returns
@@ -125,24 +145,35 @@ class OnlineRanker:
                             col = pd.arrays.IntegerArray(np.where(missing, 0, col).astype(np.int64), missing)
                         out[v["features"][j]] = col
                 else:
+                    width = len(idx)
                     for c, j in enumerate(idx):
-                        out[v["features"][j]] = [decoded[t * len(idx) + c] for t in take]
-            out[f"{v['name']}_age_seconds"] = np.where(live, age, np.nan)[take]
+                        out[v["features"][j]] = [None if d else decoded[t * width + c]
+                                                 for t, d in zip(take.tolist(), dead.tolist(), strict=True)]
+            out[f"{v['name']}_age_seconds"] = np.where(live, age, np.nan)
         for name in [k for k, kind in _timestamp_columns(self.views)]:
             out[name] = _seconds_to_datetime(out[name])
         # the UDFs get what the offline store gives them: datetime columns (not lists of datetime objects, which
         # pandas parses one by one) and list features converted by the same `udf_input`
+        when = pd.DatetimeIndex(request_ns.view("datetime64[ns]")).tz_localize("UTC")
         inputs = {**out, **{k: _udf_input(v) for k, v in out.items() if isinstance(v, list)},
-                  "request_ts": pd.Series(pd.DatetimeIndex([context.request_ts] * n).tz_convert("UTC")),
-                  "device": [context.device] * n}
+                  "request_ts": pd.Series(when), "device": list(devices)}
         for udf, names in self.odfvs:
             result = udf(inputs)
             for name in names:
-                out[name] = np.asarray(result[name], dtype=np.float64)
+                out[name] = _typed(result[name], self.dtypes.get(name))
         for flag, sentinel in (("user_missing", USER_SENTINEL), ("item_missing", ITEM_SENTINEL),
                                ("user_item_missing", PAIR_SENTINEL)):
-            out[flag] = pd.isna(out[sentinel])
-        return pd.DataFrame(out)
+            out[flag] = np.asarray(pd.isna(out[sentinel]), dtype=bool)
+        return {k: out[k] for k in self.order}
+
+
+def _typed(values, dtype: str | None):
+    """An on-demand output as its declared type: integers as nullable integers (like every integer feature)."""
+    if dtype in ("int64", "int32"):
+        arr = np.asarray(values, dtype=np.float64)
+        missing = np.isnan(arr)
+        return pd.arrays.IntegerArray(np.where(missing, 0, arr).astype(np.int64), missing)
+    return np.asarray(values, dtype=np.float64)
 
 
 def _seconds_to_datetime(seconds: np.ndarray) -> pd.DatetimeIndex:

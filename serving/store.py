@@ -34,6 +34,23 @@ def apply_definitions(cfg: PipelineConfig, online_store: str | None = None) -> N
              "; ".join(changes) if changes else "no changes")
 
 
+def feast_ui(cfg: PipelineConfig, online_store: str, *, host: str = "127.0.0.1", port: int = 8888) -> None:
+    """Replace this process with `feast ui` on feature_repo/ with the store's yaml (runs until interrupted)."""
+    env = {**os.environ, **feast_environment(cfg, online_store)}
+    try:
+        import grpc_health  # noqa: F401  (feast ui imports it; it comes with feast[grpcio])
+    except ImportError:
+        raise FeedstoreError("the Feast UI needs Feast's grpcio extra: pip install 'feedstore[ui]' "
+                             "(or 'feast[grpcio]')") from None
+    cmd = [str(Path(sys.executable).with_name("feast")), "-c", str(REPO_DIR), "-f", str(YAML_FILES[online_store]),
+           "ui", "--host", host, "--port", str(port)]
+    log.info("Feast UI for the %s registry on http://%s:%d/ (Ctrl-C stops it)", online_store, host, port)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # become `feast ui` (not a child of it): Ctrl-C and a service manager's SIGTERM reach the server itself
+    os.execve(cmd[0], cmd, env)
+
+
 def latest_snapshot(cfg: PipelineConfig) -> datetime:
     """The newest snapshot stamp in the offline user statistics (the default materialization end)."""
     import duckdb

@@ -43,6 +43,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
 from feedstore.core.errors import FeedstoreError, InputDataError
 from feedstore.core.io import PARQUET_OPTIONS, replace_dir, write_json
+from feedstore.core.progress import Progress
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,15 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
         numeric: list[str] = []
         totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in TRAINING_SPLITS}
         batches = job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True)
+        progress = Progress(len(us), "training set", unit="rows", logger=log)
         while True:
             t1 = time.perf_counter()
             table = next(batches, None)
             retrieval_s += time.perf_counter() - t1
             if table is None:
+                progress.close()
                 break
+            progress.update(table.num_rows)
             stamps = table.column("event_timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
             label = label_rows(stamps.to_numpy(), cuts, cfg)
             rows_out += table.num_rows
@@ -195,7 +199,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             else:
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
         _fit_preprocessor(summary.sample("train"), numeric, stage)
-        report = feature_report(summary, stage / "report", plots=report_plots)
+        report = feature_report(summary, stage / "report", plots=report_plots,
+                                splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS})
         manifest = {
             "version": version,
             "fingerprint": fp,

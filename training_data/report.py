@@ -1,10 +1,12 @@
 """Feature report of a training set: per split and feature, null rate, mean, std, quantiles; PSI train -> val and
-train -> test; distribution plots (PNG) and one HTML page showing them."""
+train -> test (n/a, with the reason, where quantile bins collapse); distribution plots (PNG, log or quantile-clipped
+axes) and one HTML page (`templates/feature_report.html.j2`) with a summary at the top."""
 
 from __future__ import annotations
 
-import html
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feedstore.core.io import write_json
+from feedstore.core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-PLOTS_PER_PAGE = 20
+PLOTS_PER_PAGE, PLOT_COLUMNS = 12, 3
+PSI_BINS = 10
+#: Features whose drift a time split causes by construction, so their PSI measures the split, not a data problem:
+#: ages and cumulative counts grow with time (later splits sit higher); calendar features of a split that spans a
+#: few days cover only those days.
+EXPECTED_DRIFT = (
+    (re.compile(r"(_age_days|_days_since_|_timestamp$|_lifetime$)"),
+     "grows with time: drift is expected under a time split"),
+    (re.compile(r"^(day_of_week|is_weekend|hour_of_day)$"),
+     "calendar: a split spanning few days covers only those days; drift is expected under a time split"),
+)
+SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
@@ -33,6 +46,23 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | Non
     pa_ = np.histogram(a, edges)[0] / len(a)
     pe, pa_ = np.clip(pe, 1e-6, None), np.clip(pa_, 1e-6, None)
     return float(np.sum((pa_ - pe) * np.log(pa_ / pe)))
+
+
+def psi_or_reason(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> tuple[float | None, str | None]:
+    """PSI, or None and why it would mislead: when the reference's quantile bins collapse (binary or mostly-one-value
+    features: fewer than half of the `bins` remain), a PSI near 0 says nothing about drift."""
+    e, a = expected[~np.isnan(expected)], actual[~np.isnan(actual)]
+    if not len(e) or not len(a):
+        return None, "no non-null values"
+    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)))
+    if len(edges) - 1 < bins / 2:
+        values, counts = np.unique(e, return_counts=True)
+        top = counts.argmax()
+        kind = "binary" if len(values) <= 2 else f"{len(values)} distinct values" if len(values) <= bins else (
+            "mostly one value")
+        return None, (f"{kind}: {len(edges) - 1} of {bins} quantile bins left ({counts[top] / len(e):.0%} of train "
+                      f"is {values[top]:g})")
+    return psi(expected, actual, bins), None
 
 
 QUANTILE_SAMPLE = 200_000
@@ -93,8 +123,10 @@ class FeatureSummary:
                 "std": float(np.sqrt(m2 / count)) if count else None}
 
 
-def feature_report(summary: FeatureSummary, out: Path, plots: bool = True) -> dict:
-    """Null rate, mean and std are exact over every row; quantiles and PSI bins use each split's sample."""
+def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
+                   splits: dict[str, dict[str, Any]] | None = None) -> dict:
+    """Null rate, mean and std are exact over every row; quantiles and PSI bins use each split's sample. `splits`
+    (rows, CTR, time range per split) goes into the summary at the top of the page."""
     out.mkdir(parents=True, exist_ok=True)
     features = summary.features
     samples = {name: summary.sample(name) for name in summary.rows}
@@ -108,20 +140,71 @@ def feature_report(summary: FeatureSummary, out: Path, plots: bool = True) -> di
                 [f"p{int(p * 100):02d}" for p in QUANTILES], [float(v) for v in np.quantile(q, QUANTILES)],
                 strict=True)) if len(q) else {}}
     train = {f: samples["train"][f].to_numpy(dtype=np.float64, na_value=np.nan) for f in features}
-    drift = {target: {f: psi(train[f], samples[target][f].to_numpy(dtype=np.float64, na_value=np.nan))
-                      for f in features} for target in ("val", "test") if summary.rows.get(target)}
-    report = {"features": features, "stats": stats, "psi": drift,
+    drift: dict[str, dict[str, float | None]] = {}
+    not_applicable: dict[str, str] = {}
+    for target in ("val", "test"):
+        if not summary.rows.get(target):
+            continue
+        drift[target] = {}
+        for f in features:
+            drift[target][f], reason = psi_or_reason(
+                train[f], samples[target][f].to_numpy(dtype=np.float64, na_value=np.nan))
+            if reason:
+                not_applicable[f] = reason
+    expected_drift = {f: note for f in features for pattern, note in EXPECTED_DRIFT[::-1] if pattern.search(f)}
+    report = {"features": features, "stats": stats, "psi": drift, "psi_not_applicable": not_applicable,
+              "expected_drift": expected_drift,
               "psi_guide": "< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift",
-              "sampled_rows": {n: len(s) for n, s in samples.items()}}
+              "splits": splits or {}, "sampled_rows": {n: len(s) for n, s in samples.items()}}
+    report["summary"] = _summary(report)
     write_json(report, out / "feature_report.json")
-    images = _plots(samples, features, out) if plots else []
+    images = _plots(samples, features, out, drift) if plots else []
     _html(report, images, out / "index.html")
-    worst = sorted(((v, f, t) for t, d in drift.items() for f, v in d.items() if v is not None), reverse=True)[:5]
-    log.info("feature report: highest PSI %s", ", ".join(f"{f} ({t}) {v:.3f}" for v, f, t in worst))
+    worst = report["summary"]["worst_psi"]
+    log.info("feature report: highest PSI %s (n/a for %d binary / mostly-one-value features; %d drift by construction "
+             "under a time split) -> %s", ", ".join(f"{w['feature']} ({w['split']}) {w['psi']:.3f}" for w in worst)
+             or "-", len(not_applicable), len(expected_drift), out / "index.html")
     return report
 
 
-def _plots(splits: dict[str, pd.DataFrame], features: list[str], out: Path) -> list[str]:
+def _summary(report: dict) -> dict:
+    """The top of the page: worst PSI (other than features a time split makes drift) and null-rate outliers (over
+    half null, or moving by more than 10 points between splits), features with the same null rates grouped (a
+    view's features are null together: cold start)."""
+    growing = set(report["expected_drift"])
+    ranked = sorted(((v, f, t) for t, d in report["psi"].items() for f, v in d.items() if v is not None),
+                    reverse=True)
+    worst = [{"feature": f, "split": t, "psi": v} for v, f, t in ranked if f not in growing][:5]
+    worst_growing = [{"feature": f, "split": t, "psi": v} for v, f, t in ranked if f in growing][:3]
+    stats = report["stats"]
+    groups: dict[tuple, list[str]] = {}
+    for f in report["features"]:
+        rates = {s: stats[s][f]["null_rate"] for s in stats if stats[s][f]["null_rate"] is not None}
+        if not rates:
+            continue
+        spread = max(rates.values()) - min(rates.values())
+        if max(rates.values()) > 0.5 or spread > 0.10:
+            groups.setdefault(tuple((s, round(r, 4)) for s, r in rates.items()), []).append(f)
+    outliers = []
+    for key, names in groups.items():
+        rates = dict(key)
+        spread = max(rates.values()) - min(rates.values())
+        outliers.append({"feature": names[0], "features": names, "null_rates": rates,
+                         "why": "over half null" if max(rates.values()) > 0.5
+                         else f"null rate moves {spread:.0%} between splits"})
+    return {"worst_psi": worst, "worst_psi_time_growing": worst_growing, "null_outliers": outliers}
+
+
+def _log_axis(values: np.ndarray) -> bool:
+    """Heavy-tailed non-negative values (counts, dwell, popularity): the top 1% sits far above the middle."""
+    if not len(values) or values.min() < 0:
+        return False
+    p50, p99 = np.quantile(values, [0.5, 0.99])
+    return p99 >= 10 and p99 > 8 * max(p50, 1)
+
+
+def _plots(splits: dict[str, pd.DataFrame], features: list[str], out: Path,
+           drift: dict[str, dict[str, float | None]]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,54 +214,86 @@ def _plots(splits: dict[str, pd.DataFrame], features: list[str], out: Path) -> l
     sample = {n: (p.iloc[rng.choice(len(p), min(len(p), 20_000), replace=False)] if len(p) else p)
               for n, p in splits.items()}
     names = []
-    for page in range(0, len(features), PLOTS_PER_PAGE):
-        chunk = features[page: page + PLOTS_PER_PAGE]
-        fig, axes = plt.subplots(4, 5, figsize=(18, 12))
-        for ax, f in zip(axes.ravel(), [*chunk, *[None] * (PLOTS_PER_PAGE - len(chunk))], strict=True):
-            if f is None:
-                ax.axis("off")
-                continue
-            values = {n: s[f].to_numpy(dtype=np.float64, na_value=np.nan) for n, s in sample.items()}
-            allv = np.concatenate([v[~np.isnan(v)] for v in values.values()])
-            if len(allv):
-                lo, hi = np.quantile(allv, [0.005, 0.995])
-                bins = np.linspace(lo, hi if hi > lo else lo + 1, 40)
-                for n, v in values.items():
-                    v = v[~np.isnan(v)]
-                    if len(v):
-                        ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, density=True, histtype="step", label=n)
-            ax.set_title(f, fontsize=8)
-            ax.tick_params(labelsize=6)
-        axes.ravel()[0].legend(fontsize=7)
-        fig.tight_layout()
-        name = f"distributions_{page // PLOTS_PER_PAGE + 1:02d}.png"
-        fig.savefig(out / name, dpi=70)
-        plt.close(fig)
-        names.append(name)
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "xtick.labelsize": 10, "ytick.labelsize": 10,
+                         "legend.fontsize": 10}):
+        for page in range(0, len(features), PLOTS_PER_PAGE):
+            chunk = features[page: page + PLOTS_PER_PAGE]
+            rows = math.ceil(len(chunk) / PLOT_COLUMNS)  # the last page is only as tall as its plots
+            fig, axes = plt.subplots(rows, PLOT_COLUMNS, figsize=(15, 3.4 * rows), squeeze=False)
+            for ax, f in zip(axes.ravel(), [*chunk, *[None] * (rows * PLOT_COLUMNS - len(chunk))], strict=True):
+                if f is None:
+                    ax.axis("off")
+                    continue
+                values = {n: s[f].to_numpy(dtype=np.float64, na_value=np.nan) for n, s in sample.items()}
+                _plot_feature(ax, f, {n: v[~np.isnan(v)] for n, v in values.items()},
+                              {t: d.get(f) for t, d in drift.items()})
+            axes.ravel()[0].legend(loc="upper right")
+            fig.tight_layout()
+            name = f"distributions_{page // PLOTS_PER_PAGE + 1:02d}.png"
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
+            names.append(name)
     return names
 
 
+def _plot_feature(ax, feature: str, values: dict[str, np.ndarray], psi_by_split: dict[str, float | None]) -> None:
+    """Share of rows per bin for each split: bars for few distinct values, a log axis for heavy tails, else a
+    linear axis clipped to the 0.5-99.5% quantiles."""
+    allv = np.concatenate([v for v in values.values()]) if values else np.empty(0)
+    rows = {n: len(v) for n, v in values.items()}  # shares are of every non-null row, drawn or not
+    psi_text = " · ".join(f"{t} {'n/a' if v is None else f'{v:.2f}'}" for t, v in psi_by_split.items())
+    ax.set_title(f"{feature}\nPSI {psi_text}" if psi_text else feature, loc="left")
+    if not len(allv):
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        return
+    distinct = np.unique(allv)
+    if len(distinct) <= 12:
+        width = 0.8 / max(len(values), 1)
+        for i, (n, v) in enumerate(values.items()):
+            share = [(v == d).mean() if len(v) else 0 for d in distinct]
+            ax.bar(np.arange(len(distinct)) + i * width, share, width, label=n, color=SPLIT_COLORS.get(n))
+        ax.set_xticks(np.arange(len(distinct)) + width * (len(values) - 1) / 2, [f"{d:g}" for d in distinct])
+        ax.set_ylabel("share of rows")
+        return
+    if _log_axis(allv):
+        top = max(np.quantile(allv, 0.999), 1)
+        if np.all(allv == np.round(allv)):  # counts: bins centred on whole numbers, never narrower than 1
+            bins = np.unique(np.round(np.geomspace(1, top + 1, 40))) - 0.5
+            bins = np.concatenate([[-0.5], bins])
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel("value (log scale)")
+        else:  # positive values on a log axis; the share of zeros is said, not drawn
+            positive = allv[allv > 0]
+            lo = max(np.quantile(positive, 0.001), 1e-6)
+            bins = np.geomspace(lo, max(top, lo * 10), 40)
+            ax.set_xscale("log")
+            zeros = 1 - len(positive) / len(allv)
+            ax.set_xlabel(f"value (log scale; zeros, {zeros:.0%} of rows, not shown)" if zeros else "value (log scale)")
+            values = {n: v[v > 0] for n, v in values.items()}
+    else:
+        lo, hi = np.quantile(allv, [0.005, 0.995])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 40)
+        ax.set_xlabel("value (0.5-99.5% quantiles)")
+    for n, v in values.items():
+        if len(v):
+            ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, weights=np.full(len(v), 1 / rows[n]),
+                    histtype="step", linewidth=1.6, label=n, color=SPLIT_COLORS.get(n))
+    ax.set_ylabel("share of rows")
+
+
 def _html(report: dict, images: list[str], path: Path) -> None:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("feedstore.training_data", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    na, growing = report["psi_not_applicable"], report["expected_drift"]
     rows = []
     for f in report["features"]:
-        cells = [f"<td>{html.escape(f)}</td>"]
-        for split in ("train", "val", "test"):
-            s = report["stats"].get(split, {}).get(f, {})
-            nr, mean = s.get("null_rate"), s.get("mean")
-            nr_text = "" if nr is None else f"{nr:.3f}"
-            mean_text = "" if mean is None else f"{mean:.4g}"
-            cells.append(f"<td>{nr_text}</td><td>{mean_text}</td>")
-        for target in ("val", "test"):
-            v = report["psi"].get(target, {}).get(f)
-            flag = " style='background:#fdd'" if v is not None and v > 0.25 else ""
-            cells.append(f"<td{flag}>{'' if v is None else f'{v:.3f}'}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Training set feature report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:1rem 2rem}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}img{{max-width:100%}}</style></head><body>
-<h1>Training set feature report</h1><p>PSI: {html.escape(report['psi_guide'])}. Highlighted: PSI &gt; 0.25.</p>
-<table><tr><th>feature</th><th>train null</th><th>train mean</th><th>val null</th><th>val mean</th><th>test null</th>
-<th>test mean</th><th>PSI val</th><th>PSI test</th></tr>{''.join(rows)}</table>
-<h2>Distributions (train / val / test, density)</h2>{''.join(f'<img src="{i}" alt="{i}">' for i in images)}
-</body></html>"""
-    path.write_text(page)
+        notes = [n for n in (na.get(f) and f"PSI n/a: {na[f]}", growing.get(f)) if n]
+        rows.append({"feature": f,
+                     "stats": {s: report["stats"].get(s, {}).get(f, {}) for s in ("train", "val", "test")},
+                     "psi": {t: report["psi"].get(t, {}).get(f) for t in ("val", "test")}, "na": na.get(f),
+                     "growing": growing.get(f), "notes": "; ".join(notes)})
+    with atomic_path(path) as tmp:
+        tmp.write_text(env.get_template("feature_report.html.j2").render(report=report, rows=rows, images=images),
+                       encoding="utf-8")

@@ -80,6 +80,24 @@ class Catalog:
         """The partition folder name of a day (YYYY-MM-DD)."""
         return f"{PARTITION}={day}"
 
+    # ---- intermediates of the incremental statistics (stats): per-(entity, day) tiles and the lifetime state
+    @property
+    def intermediate(self) -> Path:
+        return self.root / "intermediate"
+
+    def tiles(self, view: str) -> Path:
+        """One view's tiles: the spec's per-(entity, day) sums, one `date=YYYY-MM-DD/` partition per processed day."""
+        return self.intermediate / "tiles" / view
+
+    def tile_state(self, view: str) -> Path:
+        """One view's lifetime sums per entity as of the newest processed day (one Parquet file)."""
+        return self.intermediate / "state" / f"{view}.parquet"
+
+    @property
+    def stats_changes(self) -> Path:
+        """The log of snapshot days each `stats` run rewrote (materialization reads it to catch up on late data)."""
+        return self.intermediate / "changes.json"
+
     # ---- training sets
     @property
     def training(self) -> Path:
@@ -126,3 +144,7 @@ class Catalog:
 
     def registry(self, online_store: str) -> Path:
         return self.feast / f"registry.{online_store}.db"
+
+    def changes_materialized(self, online_store: str) -> Path:
+        """How far one online store has caught up with the statistics' change log (`stats_changes`)."""
+        return self.feast / f"changes_materialized.{online_store}.json"

@@ -286,6 +286,9 @@ class ValidationConfig(_Strict):
         2_000_000, ge=10_000, description="Rows validated per GX batch; bounds memory at any input size."
     )
     example_rows: int = Field(5, ge=0, le=100, description="Offending example rows kept per expectation in reports.")
+    docs_history: int = Field(
+        20, ge=1, le=10_000, description="Data Docs keep the newest this many validation runs of each suite."
+    )
 
     @model_validator(mode="after")
     def _bands(self) -> ValidationConfig:

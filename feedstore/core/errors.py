@@ -7,6 +7,7 @@ and exits with the error's code; the DAG fails the task at once (retrying cannot
 | 2 | ConfigError | bad configuration or usage |
 | 3 | InputDataError | an input file or directory is missing, unreadable or violates its contract |
 | 4 | ValidationFailed | a validation gate failed |
+| 4 | ColdStart | the training set's rows have no feature history yet (a cold start, not a broken join) |
 | 5 | ServingError | the online store or the Feast registry cannot serve |
 | 6 | SkewFound | online values differ from the offline store (training/serving skew) |
 """
@@ -36,6 +37,10 @@ class ValidationFailed(FeedstoreError):
     """A validation gate failed: critical expectations failed or too many rows were quarantined."""
 
     exit_code = 4
+
+
+class ColdStart(ValidationFailed):
+    """Every training row precedes the first statistics snapshot: too little history, not a broken join."""
 
 
 class ServingError(FeedstoreError):

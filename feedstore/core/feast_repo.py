@@ -48,8 +48,16 @@ def check_redis(connection_string: str, timeout: float = 2.0) -> None:
                              socket_timeout=timeout, retry=Retry(NoBackoff(), 0))  # redis-py retries 3x by default
         client.ping()
     except (redis.exceptions.RedisError, OSError, ValueError) as e:
-        raise ServingError(f"cannot reach Redis at {connection_string} ({e}); start one "
+        raise ServingError(f"cannot reach Redis at {redact(connection_string)} ({redact(str(e))}); start one "
                            "(`docker compose up -d redis` or `redis-server`) or set REDIS_CONNECTION_STRING") from None
+
+
+def redact(connection_string: str) -> str:
+    """A Redis connection string fit for logs and messages: `password=...` (and any `user:pass@`) masked."""
+    import re
+
+    masked = re.sub(r"(password=)[^,]*", r"\1***", connection_string, flags=re.IGNORECASE)
+    return re.sub(r"//[^/@]*@", "//***@", masked)
 
 
 def feature_store(cfg: PipelineConfig, online_store: str):

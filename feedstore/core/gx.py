@@ -7,22 +7,23 @@ Each expectation carries ``meta = {"rule": <name>, "level": "row" | "table"}``:
 * **table** rules have severity *critical*: any failure stops the pipeline.
 
 Results are matched to rules by the rule name, never by position. GX runs in an ephemeral context with
-analytics, progress bars and INFO logging off; Data Docs are built from trimmed results (no per-row lists)
-and made readable offline.
+analytics, progress bars and INFO logging off; every run is recorded for the data dir's Data Docs
+(`feedstore.core.docs`: one site accumulating every stage's runs, readable offline).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from feedstore.core.docs import DataDocs, rule_status, run_record
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -108,7 +109,7 @@ def records(df: pd.DataFrame, rows: np.ndarray, columns: list[str] | None = None
 class GXRunner:
     """One ephemeral GX context per stage run; validates DataFrames and builds Data Docs."""
 
-    def __init__(self, docs_dir: Path | None = None, example_rows: int = 5):
+    def __init__(self, docs_dir: Path | None = None, example_rows: int = 5, history: int = 20):
         import great_expectations as gx
 
         # GX sets INFO on some of its own loggers at import: quiet every one of them
@@ -122,16 +123,7 @@ class GXRunner:
             self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         except ImportError:  # pragma: no cover - older GX
             pass
-        self.docs_dir = docs_dir = Path(docs_dir).resolve() if docs_dir is not None else None
-        if docs_dir is not None:
-            self.context.add_data_docs_site(
-                site_name="local",
-                site_config={
-                    "class_name": "SiteBuilder",
-                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                },
-            )
+        self.docs = DataDocs(Path(docs_dir).resolve(), history) if docs_dir is not None else None
         self.datasource = self.context.data_sources.add_pandas("feedstore")
         self.example_rows = example_rows
         self._assets: dict[str, Any] = {}
@@ -154,8 +146,10 @@ class GXRunner:
         batch = self._batch(asset_name, df)
         result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5})
         outcomes = [self._outcome(r, df, example_columns) for r in result.results]
-        if self.docs_dir is not None:
-            self._store_for_docs(result, gx_suite, batch, run_name)
+        if self.docs is not None:
+            notes = {e.meta["rule"]: _notes(e) for e in expectation_suite.expectations}
+            self.docs.add(run_record(expectation_suite.name, run_name or expectation_suite.name, outcomes, notes,
+                                     len(df)))
         return outcomes
 
     def _outcome(self, r: Any, df: pd.DataFrame, example_columns: list[str] | None) -> RuleOutcome:
@@ -190,72 +184,32 @@ class GXRunner:
             out.examples = records(df, rows[: self.example_rows], example_columns)
         return out
 
-    def _store_for_docs(self, result: Any, gx_suite: Any, batch: Any, run_name: str | None) -> None:
-        """Store a copy without per-row lists in the results store, so Data Docs stay small."""
-        from great_expectations.core.run_identifier import RunIdentifier
-        from great_expectations.data_context.types.resource_identifiers import (
-            ExpectationSuiteIdentifier,
-            ValidationResultIdentifier,
-        )
-
-        for r in result.results:
-            for key in ("unexpected_list", "unexpected_index_list", "unexpected_index_query",
-                        "partial_unexpected_index_list", "partial_unexpected_counts"):
-                if r.result and key in r.result:
-                    r.result.pop(key)
-        run_id = RunIdentifier(run_name=run_name or gx_suite.name, run_time=datetime.now(UTC))
-        result.meta["run_id"] = run_id
-        key = ValidationResultIdentifier(
-            expectation_suite_identifier=ExpectationSuiteIdentifier(name=gx_suite.name),
-            run_id=run_id,
-            batch_identifier=batch.id,
-        )
-        self.context.validation_results_store.set(key, result)
-
     def build_docs(self) -> Path | None:
-        """Build Data Docs and make them readable offline (no CDN scripts or stylesheets)."""
-        if self.docs_dir is None:
+        """Re-render the data dir's Data Docs with this run's results added (see feedstore.core.docs)."""
+        if self.docs is None:
             return None
-        self.context.build_data_docs(site_names=["local"])
-        make_offline(self.docs_dir)
-        return self.docs_dir / "index.html"
+        return self.docs.build()
 
 
-_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>", re.I)
-_REMOTE_LINK = re.compile(r"<link[^>]*\bhref=\"https?://[^\"]*\"[^>]*/?>", re.I)
-_REMOTE_URL = re.compile(r"url\(['\"]?https?://[^)]*\)", re.I)
-_OFFLINE_CSS = """<style>/* feedstore: offline fallback for the CDN stylesheets GX links to */
-body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;vertical-align:top}
-.collapse:not(.show){display:none}.badge{padding:0 .3rem;border-radius:.2rem;background:#eee}
-.text-danger{color:#b00}.text-success{color:#070}img{max-height:2rem}</style>"""
-
-
-def make_offline(root: Path) -> None:
-    """Strip remote <script>/<link>/url() references from GX Data Docs and inline a minimal stylesheet."""
-    for page in root.rglob("*.html"):
-        html = page.read_text(encoding="utf-8")
-        html = _REMOTE_SCRIPT.sub("", html)
-        html = _REMOTE_LINK.sub("", html)
-        html = _REMOTE_URL.sub("none", html)
-        if "feedstore: offline fallback" not in html:
-            html = html.replace("</head>", _OFFLINE_CSS + "</head>", 1)
-        page.write_text(html, encoding="utf-8")
+def _notes(e: Any) -> str | None:
+    notes = getattr(e, "notes", None)
+    if isinstance(notes, list):
+        notes = " ".join(notes)
+    return notes or None
 
 
 def summary_table(table: str, outcomes: list[RuleOutcome]) -> str:
-    """A readable table: table, rule, level, status, unexpected count."""
+    """The rules that need a look (FAIL, ERROR, quarantine), as a table, then one line counting the passing ones."""
+    flagged = [o for o in sorted(outcomes, key=lambda o: (o.level != TABLE, o.rule)) if rule_status(o) != "ok"]
+    passing = len(outcomes) - len(flagged)
+    if not flagged:
+        return f"  all {passing} rules passed"
     rows = [("table", "rule", "level", "status", "unexpected", "observed")]
-    for o in sorted(outcomes, key=lambda o: (o.level != TABLE, o.rule)):
-        if o.error:
-            status = "ERROR"
-        elif o.level == TABLE:
-            status = "ok" if o.success else "FAIL"
-        else:
-            status = "ok" if o.unexpected_count == 0 else "quarantine"
+    for o in flagged:
         observed = "" if o.observed_value is None or isinstance(o.observed_value, (list, dict)) else str(
             o.observed_value)
-        rows.append((table, o.rule, o.level, status, str(o.unexpected_count) if o.level == ROW else "",
-                     observed[:40]))
+        rows.append((table, o.rule, o.level, rule_status(o), str(o.unexpected_count) if o.level == ROW else "",
+                     (o.error or observed)[:40]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([*lines, f"  ... and {passing} passing rules"])

@@ -229,8 +229,8 @@ class AsofRetrievalJob(RetrievalJob):
 
     def _sql(self, rows: tuple[int, int] | None = None, span: tuple[Any, Any] | None = None) -> str:
         """The point-in-time query over all entity rows, or over row numbers [rows) with feature rows pruned to
-        what their time `span` can pick. ORDER BY the row number restores the entity order (cheaper, see bench/RESULTS.md,
-        than sorting afterwards with an Arrow take, which is slow across chunks with list columns)."""
+        what their time `span` can pick. ORDER BY the row number restores the entity order (cheaper than sorting
+        afterwards with an Arrow take, which is slow across chunks with list columns; see bench/RESULTS.md)."""
         entity = "entity_rows" if rows is None else (
             f"(SELECT * FROM entity_rows WHERE {_q(_ROW)} >= {rows[0]} AND {_q(_ROW)} < {rows[1]})")
         selects = [c for v in self._views for c in v.select]

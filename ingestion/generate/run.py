@@ -198,10 +198,10 @@ def write_raw_events(
 
 
 def _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress):
-    from tqdm import tqdm
+    from feedstore.core.progress import Progress
 
-    bar = tqdm(total=sum(t.n for t in tasks), unit="ev", unit_scale=True, disable=not progress or None,
-               desc="generate", leave=False)
+    # a bar on a terminal (unless progress=False), else a progress line in the log every few seconds
+    bar = Progress(sum(t.n for t in tasks), "generate", unit="events", bar=None if progress else False, logger=log)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:

@@ -49,7 +49,9 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
 from feedstore.core.io import replace_dir
+from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
+from feedstore.ingestion.stats import tiles
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,8 @@ class _Snapshot:
 
 
 def _sweep(ents: _Entities, act: _Activity, lo: int, hi: int, shifts: tuple[int, ...], heartbeat: int,
-           narrow: int, wide: tuple[int, ...] = ()) -> Iterator[_Snapshot]:
+           narrow: int, wide: tuple[int, ...] = (), lifetime: np.ndarray | None = None,
+           final: dict | None = None) -> Iterator[_Snapshot]:
     """Walk the days once, keeping each entity's running sum per window; yield the rows of days lo..hi.
 
     Per day: add the day's activity to every window, subtract the activity that leaves each w-day window
@@ -120,10 +123,14 @@ def _sweep(ents: _Entities, act: _Activity, lo: int, hi: int, shifts: tuple[int,
     so the per-day work is a handful of vectorized scatters and gathers, never a loop over rows.
     Sums are kept column-major ((columns, entities)); every window keeps the first `narrow` columns (the plain
     tiles), only the windows in `wide` also keep the per-category columns after them.
+    `lifetime`: the lifetime sums before the first activity day given (the incremental run's state; default 0);
+    `final`, if given, receives the sums as of `hi` (`final[None]`: the lifetime state).
     """
     n_ent, width = len(ents.ids), act.values.shape[0]
     cols = {w: width if w in wide else narrow for w in [None, *shifts]}
     sums = {w: np.zeros((k, n_ent), np.int64) for w, k in cols.items()}
+    if lifetime is not None:
+        sums[None][:] = lifetime
     mark = np.zeros(n_ent, bool)  # entities getting a row today
     first = min(lo, int(act.day[0])) if len(act.day) else lo
     for day in range(first, hi + 1):
@@ -146,6 +153,8 @@ def _sweep(ents: _Entities, act: _Activity, lo: int, hi: int, shifts: tuple[int,
         mark[rows] = False
         rows = rows[ents.birth_day[rows] <= day]  # never a row before the entity exists
         yield _Snapshot(day, rows, {w: state[:, rows] for w, state in sums.items()})
+    if final is not None:
+        final.update(sums)
 
 
 class _DayWriter:
@@ -165,8 +174,8 @@ class _DayWriter:
         def job() -> None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                # not feedstore.core.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` slower (bench/RESULTS.md);
-                # no dictionary encoding: it costs ~20% of the write time and saves ~5% of the size here
+                # not feedstore.core.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` slower, and no
+                # dictionary encoding: it costs more write time than the size it saves (bench/RESULTS.md)
                 pq.write_table(table, path, compression="zstd", use_dictionary=False)
             finally:
                 self._slots.release()
@@ -237,8 +246,10 @@ def _feature_columns(view: ViewSpec, snap: _Snapshot, index: dict[str, int], cat
 
 @dataclass
 class StagedStats:
-    """Computed, unpublished statistics: `root` holds `<view>/date=D/` for every computed day. `publish()` swaps
-    each day's partitions into `offline/`; leaving the `with` block without publishing removes the staging."""
+    """Computed, unpublished statistics: `root` holds `<view>/date=D/` for every computed day, and under
+    `root/.intermediate/` the tiles and states the run wrote. `publish()` swaps each day's partitions into
+    `offline/`, then the tiles, then the states (a state names the tiles it includes, so a crash between the steps
+    is detected by the next run); leaving the `with` block without publishing removes the staging."""
 
     root: Path
     offline: Path
@@ -246,14 +257,37 @@ class StagedStats:
     rows: dict[str, int]
     seconds: float
     views: list[str]
+    data_dir: Path | None = None
+    tile_days: dict[str, list[str] | None] = field(default_factory=dict)  # None: the view's whole tile table
     published: bool = field(default=False)
 
+    @property
+    def intermediate(self) -> Path:
+        return self.root / ".intermediate"
+
     def publish(self) -> None:
-        """Replace each computed day's partition of each view (days with no rows lose their old partition)."""
+        """Replace each computed day's partition of each view (days with no rows lose their old partition), then
+        the tile partitions and states the run computed."""
         for view in self.views:
             for day in self.days:
                 staged = self.root / view / Catalog.partition(day)
                 replace_dir(staged if staged.exists() else None, self.offline / view / Catalog.partition(day))
+        if self.data_dir is not None:
+            cat = Catalog(self.data_dir)
+            for view, days in self.tile_days.items():
+                staged = self.intermediate / "tiles" / view
+                if days is None:
+                    replace_dir(staged if staged.exists() else None, cat.tiles(view))
+                    continue
+                for day in days:
+                    part = staged / Catalog.partition(day)
+                    replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day))
+            for view in self.views:
+                state = self.intermediate / "state" / f"{view}.parquet"
+                if state.exists():
+                    cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(state, cat.tile_state(view))
+            _log_change(cat, self.days)
         self.published = True
         self.discard()
         log.info("stats published for %d days (%s..%s): %s -> %s", len(self.days), self.days[0], self.days[-1],
@@ -270,10 +304,69 @@ class StagedStats:
             self.discard()
 
 
-def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date | None = None,
-                  spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
-    """Stage `stats`: every view of `spec` for snapshot days [start, end] (default: the validated data's days),
-    staged for the gate; the caller publishes."""
+def _log_change(cat: Catalog, days: list[str]) -> None:
+    """Append the rewritten snapshot days to the change log materialization reads (the newest 1,000 runs)."""
+    import json
+
+    from feedstore.core.io import write_json
+
+    try:
+        doc = json.loads(cat.stats_changes.read_text())
+    except (OSError, ValueError):
+        doc = {"runs": []}
+    seq = (doc["runs"][-1]["seq"] + 1) if doc["runs"] else 1
+    doc["runs"] = [*doc["runs"][-999:], {"seq": seq, "first": days[0], "last": days[-1]}]
+    write_json(doc, cat.stats_changes)
+
+
+def _load_entities(con: duckdb.DuckDBPyConnection, view: ViewSpec, table: Path,
+                   origin_day: int) -> tuple[_Entities, dict[str, np.ndarray]]:
+    """Every entity of a change-point view in id order, its birth and first-row days, and its attributes; also
+    creates the DuckDB table `<entity>_pos` (id -> position)."""
+    key = view.keys[0]
+    born = view.born()
+    attrs = [f"epoch_us(date_trunc('second', {a.column})) AS \"{a.name}\"" if a.transform == "second"
+             else f"{a.column} AS \"{a.name}\"" for a in view.attributes]
+    t = con.execute(f"""SELECT {key}, {_DAY_NO.format(c=born.column)} AS __birth{''.join(', ' + a for a in attrs)}
+                        FROM read_parquet($f) ORDER BY {key}""", {"f": str(table)}).fetchnumpy()
+    con.execute(f"CREATE OR REPLACE TABLE {view.entity}_pos AS SELECT {key}, "
+                f"CAST(row_number() OVER (ORDER BY {key}) - 1 AS BIGINT) AS pos FROM read_parquet($f)",
+                {"f": str(table)})
+    birth = t.pop("__birth").astype(np.int32)
+    ids = t.pop(key).astype(np.int64)
+    return _Entities(ids, birth, np.maximum(birth, origin_day).astype(np.int32)), t
+
+
+def _load_events(con: duckdb.DuckDBPyConnection, cat: Catalog, files: list[str], lo: date | None, hi: date) -> None:
+    """DuckDB tables `item_category` and `ev`: the validated interactions of days lo..hi (lo None: from the first)
+    with the item's category and the day number `d`."""
+    con.execute("CREATE OR REPLACE TABLE item_category AS SELECT item_id, CAST(category AS INTEGER) AS category "
+                "FROM read_parquet($f)", {"f": str(cat.validated_items)})
+    con.execute(f"""CREATE OR REPLACE TABLE ev AS
+        SELECT e.* EXCLUDE (interaction_id, event_timestamp), {_DAY_NO.format(c='e.event_timestamp')} AS d,
+               i.category
+        FROM read_parquet($files, hive_partitioning = false) e JOIN item_category i USING (item_id)
+        WHERE CAST(e.event_timestamp AS DATE) <= $hi
+          AND (CAST($lo AS DATE) IS NULL OR CAST(e.event_timestamp AS DATE) >= $lo)""",
+                {"files": files, "hi": hi, "lo": lo})
+
+
+def _snapshot_table(view: ViewSpec, ents: _Entities, attrs: dict[str, np.ndarray], snap: _Snapshot,
+                    index: dict[str, int], categories: int, schema: pa.Schema) -> pa.Table:
+    """The offline rows of one snapshot day of a change-point view."""
+    return pa.table({
+        view.keys[0]: ents.ids[snap.pos], "event_timestamp": _stamp(snap.day, len(snap.pos)),
+        **_feature_columns(view, snap, index, categories),
+        **{a.name: (pa.array(attrs[a.name][snap.pos], TIMESTAMP) if a.dtype == "timestamp"
+                    else attrs[a.name][snap.pos]) for a in view.attributes},
+    }, schema=schema)
+
+
+def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: FeatureSpec = FEATURE_SPEC,
+                  bar: bool | None = None) -> StagedStats:
+    """Stage `stats`, full recompute, staged for the gate (the caller publishes): every view for snapshot days
+    [first day of data, `end` (default: the last)], and the tiles and lifetime state rebuilt from the same events.
+    (A day range is `feedstore.ingestion.stats.incremental.update_stats`.)"""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
     inter = cat.validated_interactions
@@ -291,34 +384,14 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
         raise InputDataError(f"{inter}: cannot read validated interactions ({str(e).splitlines()[0]})") from None
     if first is None:
         raise InputDataError(f"{inter}: no validated interactions")
-    lo, hi = start or first, end or last
+    lo, hi = first, end or last
     if hi < lo:
         raise InputDataError(f"snapshot range is empty: end {hi} is before start {lo}")
     origin_day = (cfg.generation.start - EPOCH).days  # every entity existing by then gets a row on the first day
     tables = {"users": cat.validated_users, "items": cat.validated_items}
 
     # the events every tile reads: validated interactions through day `hi`, with the item's category and day number
-    con.execute("CREATE TABLE item_category AS SELECT item_id, CAST(category AS INTEGER) AS category "
-                "FROM read_parquet($f)", {"f": str(cat.validated_items)})
-    con.execute(f"""CREATE TABLE ev AS
-        SELECT e.* EXCLUDE (interaction_id, event_timestamp), {_DAY_NO.format(c='e.event_timestamp')} AS d,
-               i.category
-        FROM read_parquet($files, hive_partitioning = false) e JOIN item_category i USING (item_id)
-        WHERE CAST(e.event_timestamp AS DATE) <= $hi""", {"files": files, "hi": hi})
-
-    def entities(view: ViewSpec) -> tuple[_Entities, dict[str, np.ndarray]]:
-        key = view.keys[0]
-        born = view.born()
-        attrs = [f"epoch_us(date_trunc('second', {a.column})) AS \"{a.name}\"" if a.transform == "second"
-                 else f"{a.column} AS \"{a.name}\"" for a in view.attributes]
-        t = con.execute(f"""SELECT {key}, {_DAY_NO.format(c=born.column)} AS __birth{''.join(', ' + a for a in attrs)}
-                            FROM read_parquet($f) ORDER BY {key}""", {"f": str(tables[view.entity_table])}).fetchnumpy()
-        con.execute(f"CREATE OR REPLACE TABLE {view.entity}_pos AS SELECT {key}, "
-                    f"CAST(row_number() OVER (ORDER BY {key}) - 1 AS BIGINT) AS pos FROM read_parquet($f)",
-                    {"f": str(tables[view.entity_table])})
-        birth = t.pop("__birth").astype(np.int32)
-        ids = t.pop(key).astype(np.int64)
-        return _Entities(ids, birth, np.maximum(birth, origin_day).astype(np.int32)), t
+    _load_events(con, cat, files, None, hi)
 
     def activity(view: ViewSpec, sums: list[str]) -> _Activity:
         t = con.execute(f"SELECT d, pos, {', '.join(sums)} FROM ev JOIN {view.entity}_pos USING ({view.keys[0]}) "
@@ -328,6 +401,7 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
 
     stage = cat.offline / f".stats-staging-{uuid.uuid4().hex[:8]}"
     stage.mkdir(parents=True)
+    inter_stage = stage / ".intermediate"
     lo_n, hi_n = (lo - EPOCH).days, (hi - EPOCH).days
     rows: dict[str, int] = {}
     try:
@@ -335,29 +409,34 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
         side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats-side")
         pending = {v.name: side.submit(_write_active_days, con.cursor(), v, stage / v.name, lo, hi)
                    for v in spec.views if v.rows == "active_days"}
+        pair_tiles = [side.submit(_stage_pair_intermediates, con.cursor(), v, inter_stage, hi_n, n_cat)
+                      for v in spec.views if v.rows == "active_days"]
         writer = _DayWriter(workers)
+        swept = [v for v in spec.views if v.rows == "change_points"]
+        progress = Progress(len(swept) * (hi_n - lo_n + 1), "stats", unit="days", bar=bar)
         try:
-            for view in (v for v in spec.views if v.rows == "change_points"):
-                ents, attrs = entities(view)
+            for view in swept:
+                ents, attrs = _load_entities(con, view, tables[view.entity_table], origin_day)
                 sums, names, narrow = _tile_sums(view, n_cat)
                 index = {n: i for i, n in enumerate(names)}
                 schema = offline_schema(view)
                 wide = tuple(f.window for f in view.distributions())
-                for snap in _sweep(ents, activity(view, sums), lo_n, hi_n, view.window_shifts, view.heartbeat_days,
-                                   narrow, wide):
-                    table = pa.table({
-                        view.keys[0]: ents.ids[snap.pos], "event_timestamp": _stamp(snap.day, len(snap.pos)),
-                        **_feature_columns(view, snap, index, n_cat),
-                        **{a.name: (pa.array(attrs[a.name][snap.pos], TIMESTAMP) if a.dtype == "timestamp"
-                                    else attrs[a.name][snap.pos]) for a in view.attributes},
-                    }, schema=schema)
-                    writer.write(view.name, table, _part(stage, view.name, snap.day))
+                act = activity(view, sums)
+                final: dict = {}
+                for snap in _sweep(ents, act, lo_n, hi_n, view.window_shifts, view.heartbeat_days, narrow, wide,
+                                   final=final):
+                    writer.write(view.name, _snapshot_table(view, ents, attrs, snap, index, n_cat, schema),
+                                 _part(stage, view.name, snap.day))
+                    progress.update()
+                _stage_intermediates(writer, view, ents, act, names, final[None][:narrow], hi_n, n_cat, inter_stage)
         finally:
+            progress.close()
             writer.close()
             side.shutdown(wait=True)
-        for fut in pending.values():
+        for fut in [*pending.values(), *pair_tiles]:
             fut.result()  # re-raise a failure of a side query
-        rows = {**writer.rows, **{v: _check_written(stage / v, offline_schema(spec.view(v))) for v in pending}}
+        rows = {**{v: n for v, n in writer.rows.items() if not v.startswith("tiles:")},
+                **{v: _check_written(stage / v, offline_schema(spec.view(v))) for v in pending}}
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -365,7 +444,52 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     seconds = time.perf_counter() - t0
     log.info("stats computed for %d snapshot days (%s..%s) in %.2f s: %s", len(days), lo, hi, seconds,
              ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
-    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views])
+    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root,
+                       {v.name: None for v in spec.views})
+
+
+def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, act: _Activity, names: list[str],
+                         lifetime: np.ndarray, as_of: int, categories: int, root: Path) -> None:
+    """A full run's tiles of a change-point view (one partition per active day, from the activity it swept) and
+    its lifetime state as of `as_of`."""
+    tokens = {}
+    bounds = np.flatnonzero(np.diff(act.day)) + 1
+    for a, b in zip([0, *bounds], [*bounds, len(act.day)], strict=True):
+        if a == b:
+            continue
+        day, token = int(act.day[a]), tiles.new_token()
+        table = tiles.tiles_table({view.keys[0]: ents.ids[act.pos[a:b]]}, names, act.values[:, a:b])
+        writer.write(f"tiles:{view.name}", table, tiles.tile_file(root / "tiles" / view.name, day, token))
+        tokens[day] = token
+    tiles.write_state(tiles.State(as_of, {view.keys[0]: ents.ids}, lifetime, tokens,
+                                  tiles.fingerprint(view, categories)), view,
+                      root / "state" / f"{view.name}.parquet")
+
+
+def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, root: Path, as_of: int,
+                              categories: int) -> None:
+    """A full run's tiles of an active-days view (one partition per day) and its lifetime state as of `as_of`."""
+    sums, names, _ = _tile_sums(view, categories)
+    keys = ", ".join(view.keys)
+    t = con.sql(f"SELECT d, {keys}, {', '.join(sums)} FROM ev GROUP BY d, {keys} ORDER BY d, {keys}"
+                ).to_arrow_table()
+    day = t.column("d").to_numpy()
+    t = t.drop(["d"])
+    tokens = {}
+    bounds = np.flatnonzero(np.diff(day)) + 1
+    for a, b in zip([0, *bounds], [*bounds, len(day)], strict=True):
+        if a == b:
+            continue
+        token = tiles.new_token()
+        path = tiles.tile_file(root / "tiles" / view.name, int(day[a]), token)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t.slice(a, b - a).cast(pa.schema([pa.field(n, pa.int64()) for n in t.column_names])), path,
+                       compression="zstd", use_dictionary=False)
+        tokens[int(day[a])] = token
+    st = con.execute(f"SELECT {keys}, {', '.join(sums)} FROM ev GROUP BY {keys} ORDER BY {keys}").fetchnumpy()
+    values = np.stack([st[n].astype(np.int64) for n in tiles.lifetime_names(view)])
+    tiles.write_state(tiles.State(as_of, {k: st[k].astype(np.int64) for k in view.keys}, values, tokens,
+                                  tiles.fingerprint(view, categories)), view, root / "state" / f"{view.name}.parquet")
 
 
 def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path, lo: date, hi: date) -> None:

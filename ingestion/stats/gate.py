@@ -29,18 +29,21 @@ def _all(conditions: list[str]) -> str:
     return " AND ".join(conditions) if conditions else "TRUE"
 
 
-def _both_ends(rule: str, column: str, lo: float, hi: float, notes: str | None = None) -> list:
+def _both_ends(rule: str, column: str, lo: float, hi: float, notes: str) -> list:
     return [expectation("ExpectColumnValuesToBeBetween", f"{rule}{suffix}", TABLE, column=f"{column}{suffix}",
-                        min_value=lo, max_value=hi, notes=notes) for suffix in ("", "__max")]
+                        min_value=lo, max_value=hi, notes=notes + (" (largest value of a day)" if suffix else
+                                                                   " (smallest value of a day)"))
+            for suffix in ("", "__max")]
 
 
 def _common_rules(name: str) -> list:
     return [
         expectation("ExpectColumnValuesToBeInSet", "stamped_at_midnight_utc", TABLE, column="_midnight",
-                    value_set=[True]),
+                    value_set=[True], notes="every row is stamped at midnight UTC (the end of the day it covers)"),
         expectation("ExpectColumnValuesToBeBetween", "one_row_per_key_and_day", TABLE, column="_rows_per_key",
-                    min_value=1, max_value=1),
-        expectation("ExpectColumnValuesToBeBetween", f"{name}_not_empty", TABLE, column="_rows", min_value=1),
+                    min_value=1, max_value=1, notes="at most one row per key and snapshot day"),
+        expectation("ExpectColumnValuesToBeBetween", f"{name}_not_empty", TABLE, column="_rows", min_value=1,
+                    notes="every checked day has rows"),
     ]
 
 
@@ -64,8 +67,10 @@ def check_view(view: ViewSpec, categories: int) -> tuple[dict[str, tuple[str, st
     }
     bounds = "; ".join(f"{t.name} <= {t.bounded_by}" for t in view.tiles if t.bounded_by)
     rules = [
-        expectation("ExpectColumnValuesToBeInSet", "keys_not_null", TABLE, column="_key_present", value_set=[True]),
-        expectation("ExpectColumnValuesToBeBetween", "counts_non_negative", TABLE, column="_min_count", min_value=0),
+        expectation("ExpectColumnValuesToBeInSet", "keys_not_null", TABLE, column="_key_present", value_set=[True],
+                    notes=f"{', '.join(view.keys)} never null"),
+        expectation("ExpectColumnValuesToBeBetween", "counts_non_negative", TABLE, column="_min_count", min_value=0,
+                    notes="every count column >= 0"),
         expectation("ExpectColumnValuesToBeInSet", "windows_nested", TABLE, column="_windows_nested",
                     value_set=[True], notes=" <= ".join(view.window_label(w) for w in windows) + " for every count"),
         expectation("ExpectColumnValuesToBeInSet", "counts_within_bounds", TABLE, column="_within_bounds",
@@ -77,33 +82,38 @@ def check_view(view: ViewSpec, categories: int) -> tuple[dict[str, tuple[str, st
         checks["_max_rate"] = (f"greatest({', '.join(_q(c) for c in rates)})", "max")
         rules += [
             expectation("ExpectColumnValuesToBeBetween", "smoothed_rates_above_zero", TABLE, column="_min_rate",
-                        min_value=0, strict_min=True),
+                        min_value=0, strict_min=True, notes="every smoothed rate > 0"),
             expectation("ExpectColumnValuesToBeBetween", "smoothed_rates_below_one", TABLE, column="_max_rate",
-                        max_value=1, strict_max=True),
+                        max_value=1, strict_max=True, notes="every smoothed rate < 1"),
         ]
     means = [c for f, _, c in view.windowed() if f.kind in ("mean", "log1p")]
     if means:
         checks["_min_mean"] = (f"least({', '.join(_q(c) for c in means)})", "min")
         rules.append(expectation("ExpectColumnValuesToBeBetween", "means_non_negative", TABLE, column="_min_mean",
-                                 min_value=0))
+                                 min_value=0, notes="every mean and log-popularity >= 0"))
     for f in view.distributions():
         checks[f"_{f.name}_sum"] = (f"list_sum({_q(f.name)})", None)
         checks[f"_{f.name}_len"] = (f"len({_q(f.name)})", None)
-        rules += [*_both_ends(f"{f.name}_is_a_distribution", f"_{f.name}_sum", 0.999, 1.001),
-                  *_both_ends(f"{f.name}_has_every_category", f"_{f.name}_len", categories, categories)]
+        rules += [*_both_ends(f"{f.name}_is_a_distribution", f"_{f.name}_sum", 0.999, 1.001,
+                              f"{f.name} sums to 1 (within 0.001)"),
+                  *_both_ends(f"{f.name}_has_every_category", f"_{f.name}_len", categories, categories,
+                              f"{f.name} has one entry per category ({categories})")]
     for a in view.attributes:
         if a.category_range:
             checks[f"_{a.name}"] = (_q(a.name), None)
-            rules += _both_ends(f"{a.name}_in_range", f"_{a.name}", 0, categories - 1)
+            rules += _both_ends(f"{a.name}_in_range", f"_{a.name}", 0, categories - 1,
+                                f"{a.name} between 0 and {categories - 1}")
         if a.born:
             checks["_born_before_snapshot"] = (f"{_q(a.name)} < event_timestamp", "bool_and")
             rules.append(expectation("ExpectColumnValuesToBeInSet", "entity_exists_before_snapshot", TABLE,
-                                     column="_born_before_snapshot", value_set=[True]))
+                                     column="_born_before_snapshot", value_set=[True],
+                                     notes=f"{a.name} is before the row's snapshot: no row before the entity exists"))
     if view.rows == "active_days":  # a row exists only on a day with activity: at least one event so far
         roots = [c for f, _, c in counts if view.tile(f.of).bounded_by is None]
         checks["_min_active"] = (f"least({', '.join(_q(c) for c in roots)})", "min")
         rules.append(expectation("ExpectColumnValuesToBeBetween", "active_at_least_once", TABLE,
-                                 column="_min_active", min_value=1))
+                                 column="_min_active", min_value=1,
+                                 notes="at least one event so far (rows exist only on active days)"))
     checks["_midnight"] = ("event_timestamp = date_trunc('day', event_timestamp)", "bool_and")
     return checks, rules + _common_rules(view.name)
 
@@ -118,7 +128,7 @@ def validate_stats(cfg: PipelineConfig, days: list[str], root: Path | None = Non
     Range checks on two-sided quantities (affinity sum and length, category) keep both the min and the max.
     """
     cat = Catalog(cfg.data_dir)
-    runner = GXRunner(docs_dir=cat.data_docs)
+    runner = GXRunner(docs_dir=cat.data_docs, history=cfg.validation.docs_history)
     con = duck.connect()
     failures = []
     wanted = {Catalog.partition(d) for d in days}

@@ -22,6 +22,7 @@ from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SC
 from feedstore.core.errors import InputDataError, ValidationFailed
 from feedstore.core.gx import GXRunner, summary_table
 from feedstore.core.io import replace_dir, write_parquet
+from feedstore.core.progress import Progress
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, _quarantine_table, quarantine_mask
 from feedstore.ingestion.validate.reading import (
@@ -64,10 +65,12 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         raise InputDataError(f"{Catalog(data_dir).raw_interactions}: interactions are empty "
                              f"(0 rows in {len(parts)} files)")
 
+    log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations",
+             f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
     stage = data_dir / f".validate-staging-{uuid.uuid4().hex[:8]}"
     stage.mkdir(parents=True)
     try:
-        runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows)
+        runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows, history=v.docs_history)
         users_res, users = _validate_entity(runner, cfg, "users", Catalog(data_dir).raw_users, USERS_SCHEMA, "user_id",
                                             ex.users_suite(cfg), stage)
         items_res, items = _validate_entity(runner, cfg, "items", Catalog(data_dir).raw_items, ITEMS_SCHEMA, "item_id",
@@ -132,6 +135,7 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
     res = TableResult("interactions", gx_suite.name)
     per_day: dict[str, tuple[int, int, int]] = {}
     columns = INTERACTIONS_SCHEMA.names
+    progress = Progress(sum(p.rows for p in parts), "validate interactions", unit="rows", logger=log)
     for chunk in _chunks(parts, v.chunk_rows):
         tables, spans, occ_id, occ_imp = [], [], [], []  # spans: (day, file, first row in chunk, rows)
         offset = 0
@@ -179,6 +183,8 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
                 write_parquet(quarantined.filter(pa.array(in_q)),
                               stage / "quarantine" / "interactions" / f"date={day}" / "part-0.parquet")
             per_day[day] = (int(keep.sum()), int(np.nansum(clicks[lo:hi][keep])), int(np.nansum(likes[lo:hi][keep])))
+        progress.update(n)
+    progress.close()
     res.finish()
 
     # totals and daily volumes of the validated rows, checked by GX as table rules

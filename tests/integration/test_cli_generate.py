@@ -80,3 +80,31 @@ def test_help_on_every_command(tmp_path):
     for args in (["--help"], ["generate", "--help"], ["run", "--help"]):
         res = feedstore(*args, cwd=tmp_path)
         assert res.returncode == 0 and "Usage:" in res.stdout
+
+
+def test_help_lists_commands_in_pipeline_order_with_an_example_each(tmp_path):
+    out = feedstore("--help", cwd=tmp_path).stdout
+    listed = [line.split()[0] for line in out.split("Commands, in pipeline order")[1].splitlines()[1:]
+              if line.strip() and not line.strip().startswith("$")]
+    assert listed == ["run", "generate", "validate", "stats", "apply", "materialize", "lookup", "check-skew",
+                      "training-set", "evaluate", "ui"]
+    assert out.count("$ feedstore ") == len(listed)
+    run_help = feedstore("run", "--help", cwd=tmp_path).stdout
+    for option in ("--online-store", "--inject-faults", "--skip-generate", "--data-dir", "--config"):
+        assert option in run_help
+
+
+def test_global_options_also_after_the_subcommand(tmp_path):
+    res = feedstore("generate", *SMALL, "--no-report", "--data-dir", str(tmp_path / "after"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "after" / "raw" / "users.parquet").exists()
+    assert "[generate] done in" in res.stderr  # the stage's one summary line
+    assert "\x1b[" not in res.stderr  # redirected: no bar, no escape codes
+    res = feedstore("validate", "--config", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert res.returncode == 2 and "missing.yaml: config file not found" in res.stderr
+
+
+def test_run_skip_generate_needs_raw_data(tmp_path):
+    res = feedstore("run", "--skip-generate", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path)
+    assert res.returncode == 3
+    assert "no raw data to start from" in res.stderr and len(res.stderr.strip().splitlines()) == 2  # + run banner

@@ -252,3 +252,40 @@ def test_an_older_materialization_never_rolls_the_online_store_back(served):
     result = materialize_online(cfg, "sqlite", end=results["sqlite"].end - timedelta(days=20))
     assert result.entities == {}
     assert check_skew(cfg, "sqlite", sample=60).mismatches == []  # still consistent at the newest materialization
+
+
+def test_feedstore_ui_serves_the_applied_registry(stats_data, tmp_path):
+    """`feedstore ui` picks the store that was applied (here only SQLite) and Feast's UI lists its views; asking for
+    a store nobody applied is a one-line error (exit 5), not an empty UI."""
+    d = tmp_path / "data"
+    shutil.copytree(stats_data, d)
+    apply_definitions(pipeline_config(d), "sqlite")
+    env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR")}
+    feedstore = [sys.executable, "-m", "feedstore", "--data-dir", str(d)]
+    res = subprocess.run([*feedstore, "ui", "--online-store", "redis"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 5 and "no Feast registry for the redis store" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    port = _free_port()
+    proc = subprocess.Popen([*feedstore, "ui", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise AssertionError("feedstore ui did not start: " + (proc.stderr.read() if proc.poll() else ""))
+            time.sleep(0.5)
+        projects = requests.get(f"http://127.0.0.1:{port}/projects-list.json", timeout=30).json()["projects"]
+        assert [p["id"] for p in projects] == ["feedstore"]
+        views = requests.get(f"http://127.0.0.1:{port}/api/v1/feature_views", params={"project": "feedstore"},
+                             timeout=30).json()["featureViews"]
+        assert {v["spec"]["name"] for v in views} >= {"user_daily_stats", "item_daily_stats", "user_item_daily_stats"}
+        assert "<html" in requests.get(f"http://127.0.0.1:{port}/", timeout=30).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -16,9 +16,9 @@ import pytest
 from feedstore.core.errors import FeedstoreError
 from feedstore.serving.store import apply_definitions
 from feedstore.shell.runner import build_training_set, compute_stats
+from feedstore.training_data import build as ts_mod
 from feedstore.training_data.evaluate import evaluate_frames, evaluate_training_set
 from tests.conftest import pipeline_config
-from training_data import training_set as ts_mod
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,33 @@ def test_gate_catches_a_future_feature_row_and_a_bad_label_naming_split_and_day(
     ok = TrainingSetGate(cfg, ["user_clicks_7d"])
     ok.add(table.slice(0, 1), np.array(["train"], dtype=object))
     ok.finish(tmp_path / "docs")  # a clean set passes
+
+
+def test_null_rates_tell_a_cold_start_from_a_broken_join(built, tmp_path):
+    """Rows before the first statistics snapshot cannot have features (a cold start: a clear message saying so);
+    nulls among rows with history are a broken join."""
+    from feedstore.core.errors import ColdStart, ValidationFailed
+    from feedstore.training_data.gate import TrainingSetGate
+
+    cfg, _ = built
+    first = pd.Timestamp(TrainingSetGate(cfg).first_snapshot, unit="us", tz="UTC")
+
+    def rows(at):
+        ts = [at + pd.Timedelta(minutes=i) for i in range(4)]
+        return pa.table({"event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")), "click": [0, 1, 0, 0],
+                         "like": [0] * 4, "share": [0] * 4, "dwell_time": [0.0, 2.0, 0.0, 0.0],
+                         "user_clicks_7d": pa.array([None] * 4, pa.int64())})
+
+    cold = TrainingSetGate(cfg, ["user_clicks_7d"])
+    cold.add(rows(first - pd.Timedelta(hours=5)), np.array(["train"] * 4, dtype=object))
+    with pytest.raises(ColdStart, match="cold start, too little history: none of its 4 rows"):
+        cold.finish(tmp_path / "docs")
+    broken = TrainingSetGate(cfg, ["user_clicks_7d"])
+    broken.add(rows(first - pd.Timedelta(hours=5)), np.array(["train"] * 4, dtype=object))
+    broken.add(rows(first + pd.Timedelta(days=5)), np.array(["train"] * 4, dtype=object))
+    with pytest.raises(ValidationFailed, match="feature_null_rate among the 4 rows with history.*a broken join") as err:
+        broken.finish(tmp_path / "docs")
+    assert not isinstance(err.value, ColdStart)
 
 
 def test_wrong_feature_service_is_a_clear_error(built, monkeypatch):

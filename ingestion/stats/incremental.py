@@ -1,0 +1,333 @@
+"""The incremental update of the statistics: snapshot days [a, b] from those days' events, the stored tiles and the
+lifetime state (`feedstore.ingestion.stats.tiles`), with the same rows and values as a full recompute.
+
+**What a run reads.** The validated interactions of days a..b only (their tiles are recomputed), the stored tiles of
+days a - (longest window) .. (newest processed day s), the state (lifetime sums as of s), and the users and items
+tables (ids, birth days, attributes). Window sums for day D are sums of the tiles of D - w + 1 .. D; lifetime sums
+start from the state minus the tiles after the sweep's first day. The daily run (a = b = s + 1) therefore reads one
+day of events and 31 days of tiles, whatever the history's length.
+
+**Late or corrected data.** If the recomputed tiles of a day D' <= s differ from the stored ones, every later row
+that could change is rewritten: days D'..s (windows through D' + the longest window, lifetime values up to s).
+Recomputing a day whose tiles did not change rewrites just that day (idempotent). A run for a day after s + 1 also
+writes the days between (expiry and heartbeat rows with no activity; their events, if any arrive later, are late
+data). **No trusted state** (first run, a spec with new tiles, a crash between publish steps): the tiles of every
+validated day are rebuilt from the events once, then the run proceeds as above.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feedstore.core import duck
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import PipelineConfig
+from feedstore.core.contracts import offline_schema
+from feedstore.core.errors import InputDataError
+from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
+from feedstore.ingestion.stats import tiles
+from feedstore.ingestion.stats.compute import (
+    EPOCH,
+    StagedStats,
+    _Activity,
+    _DayWriter,
+    _load_entities,
+    _load_events,
+    _part,
+    _snapshot_table,
+    _sql_path,
+    _sweep,
+    _tile_sums,
+)
+
+log = logging.getLogger(__name__)
+
+Tiles = dict[int, tuple[dict[str, np.ndarray], np.ndarray]]  # day -> (keys, (columns, rows) values)
+
+
+@dataclass
+class _ViewTiles:
+    """One view's tiles as this run sees them: recomputed from events (`new`), as stored (`stored`, days <= s)."""
+
+    view: ViewSpec
+    names: list[str]
+    new: Tiles
+    stored: Tiles
+    state: tiles.State | None
+    differs: list[int]  # days of `new` whose tiles differ from the stored ones (absent = no activity)
+
+    def at(self, day: int, lo: int, hi: int):
+        """The tiles of `day` this run uses: recomputed inside [lo, hi], stored elsewhere."""
+        return self.new.get(day) if lo <= day <= hi else self.stored.get(day)
+
+
+def _same(x, y) -> bool:
+    if x is None or y is None:
+        return (x is None or x[1].shape[1] == 0) and (y is None or y[1].shape[1] == 0)
+    return all(np.array_equal(x[0][k], y[0][k]) for k in x[0]) and np.array_equal(x[1], y[1])
+
+
+def _split_days(t: dict[str, np.ndarray], keys: tuple[str, ...], names: list[str]) -> Tiles:
+    """A (d, keys, tiles) result sorted by d into {day: (keys, values)}."""
+    d = t["d"].astype(np.int64)
+    out: Tiles = {}
+    if not len(d):
+        return out
+    bounds = np.flatnonzero(np.diff(d)) + 1
+    values = np.stack([t[n].astype(np.int64) for n in names])
+    for a, b in zip([0, *bounds], [*bounds, len(d)], strict=True):
+        out[int(d[a])] = ({k: t[k][a:b].astype(np.int64) for k in keys}, values[:, a:b])
+    return out
+
+
+def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
+                 spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
+    """Snapshot days [start, end] (default end: the last validated day) of every view, staged for the gate, plus
+    the days late data makes stale; the tiles and states it changed are staged with them."""
+    t0 = time.perf_counter()
+    cat = Catalog(cfg.data_dir)
+    inter = cat.validated_interactions
+    for p in (inter, cat.validated_users, cat.validated_items):
+        if not p.exists():
+            raise InputDataError(f"{p}: not found (run `feedstore validate` first)")
+    n_cat = cfg.generation.preferences.categories
+    parts = {tiles.day_no(p.name.split("=", 1)[1]): sorted(p.glob("*.parquet")) for p in inter.glob("date=*")}
+    parts = {d: f for d, f in sorted(parts.items()) if f}
+    if not parts:
+        raise InputDataError(f"{inter}: no validated interactions")
+    a = tiles.day_no(start)
+    b = tiles.day_no(end) if end else max(list(parts)[-1], a)
+    if b < a:
+        raise InputDataError(f"snapshot range is empty: end {end} is before start {start}")
+
+    # the stored state, trusted only if every view's state covers the same day, was built by this spec, and names
+    # exactly the tile partitions on disk
+    states = {v.name: tiles.read_state(cat.tile_state(v.name), v) for v in spec.views}
+    disk = {v.name: tiles.listing(cat.tiles(v.name)) for v in spec.views}
+    trusted = all(
+        st is not None and st.spec == tiles.fingerprint(v, n_cat)
+        and st.tokens == {d: tiles.token_of(p) for d, p in disk[v.name].items()}
+        for v, st in ((v, states[v.name]) for v in spec.views)) and len({st.as_of for st in states.values()}) == 1
+    if trusted:
+        s = next(iter(states.values())).as_of
+        ev_lo, ev_hi = a, b
+    else:
+        ev_lo, ev_hi = min(next(iter(parts)), a), max(list(parts)[-1], b)
+        s = ev_hi
+        log.warning("no usable incremental state under %s (first run, a new spec or an interrupted publish): "
+                    "building the tiles of every validated day (%s..%s) from the events once",
+                    cat.intermediate, tiles.day_str(ev_lo), tiles.day_str(ev_hi))
+    files = [str(f) for d, fs in parts.items() if ev_lo <= d <= ev_hi for f in fs]
+    start_w = min(a, s + 1)
+
+    workers = os.cpu_count() or 1
+    con = duck.connect(threads=workers)
+    try:
+        _load_events(con, cat, files or [str(next(iter(parts.values()))[0])], tiles_date(ev_lo), tiles_date(ev_hi))
+        if not files:
+            con.execute("DELETE FROM ev")
+    except duckdb.Error as e:
+        raise InputDataError(f"{inter}: cannot read validated interactions ({str(e).splitlines()[0]})") from None
+
+    views: dict[str, _ViewTiles] = {}
+    for view in spec.views:
+        sums, names, _ = _tile_sums(view, n_cat)
+        keys = ", ".join(view.keys)
+        new = _split_days(con.execute(f"SELECT d, {keys}, {', '.join(sums)} FROM ev GROUP BY d, {keys} "
+                                      f"ORDER BY d, {keys}").fetchnumpy(), view.keys, names)
+        if trusted:
+            first = start_w - max(view.window_shifts, default=0)
+            stored = {d: tiles.read_tiles(p, view.keys, names) for d, p in disk[view.name].items() if d >= first}
+            state = states[view.name]
+        else:  # the rebuilt tiles are the stored ones; the state is their sum
+            stored = new
+            state = _sum_state(view, new, s, n_cat)
+        differs = [d for d in range(a, b + 1) if not trusted or not _same(new.get(d), stored.get(d))]
+        views[view.name] = _ViewTiles(view, names, new, stored, state, differs)
+    late = trusted and any(d <= s for vt in views.values() for d in vt.differs)
+    end_w = max(b, s) if late else b
+    if late:
+        log.info("late or corrected data: the tiles of %s changed, rewriting snapshot days %s..%s",
+                 ", ".join(sorted({tiles.day_str(d) for vt in views.values() for d in vt.differs if d <= s})),
+                 tiles.day_str(start_w), tiles.day_str(end_w))
+
+    stage = cat.offline / f".stats-staging-{uuid.uuid4().hex[:8]}"
+    stage.mkdir(parents=True)
+    inter_stage = stage / ".intermediate"
+    origin_day = (cfg.generation.start - EPOCH).days
+    tables = {"users": cat.validated_users, "items": cat.validated_items}
+    rows: dict[str, int] = {}
+    tile_days: dict[str, list[str] | None] = {}
+    try:
+        writer = _DayWriter(workers)
+        try:
+            for vt in views.values():
+                view = vt.view
+                # the tiles this run (re)computed and the new state
+                write = sorted(vt.new) if not trusted else vt.differs
+                tokens = {} if not trusted else dict(vt.state.tokens)
+                for d in write:
+                    tokens.pop(d, None)
+                    if d in vt.new and vt.new[d][1].shape[1]:
+                        tokens[d] = tiles.new_token()
+                        writer.write(f"tiles:{view.name}", tiles.tiles_table(vt.new[d][0], vt.names, vt.new[d][1]),
+                                     tiles.tile_file(inter_stage / "tiles" / view.name, d, tokens[d]))
+                tile_days[view.name] = None if not trusted else [tiles.day_str(d) for d in write]
+                if view.rows == "change_points":
+                    state = _change_points(cfg, con, vt, start_w, end_w, a, b, s, stage, writer, tables, origin_day,
+                                           n_cat)
+                else:
+                    state = _active_days(con, vt, start_w, end_w, a, b, s, stage, n_cat)
+                if not trusted:
+                    state = vt.state
+                if state is not None:
+                    state.tokens, state.spec = tokens, tiles.fingerprint(view, n_cat)
+                    tiles.write_state(state, view, inter_stage / "state" / f"{view.name}.parquet")
+        finally:
+            writer.close()
+        rows = {v: n for v, n in writer.rows.items() if not v.startswith("tiles:")}
+        for v in (v for v in spec.views if v.rows == "active_days"):
+            rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in (stage / v.name).rglob("*.parquet"))
+        days = [tiles.day_str(d) for d in range(start_w, end_w + 1)]
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    log.info("stats updated incrementally for %d snapshot days (%s..%s; events of %s..%s, state as of %s) in "
+             "%.2f s: %s", len(days), days[0], days[-1], tiles.day_str(ev_lo), tiles.day_str(ev_hi),
+             tiles.day_str(s) if trusted else "none", seconds,
+             ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
+    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root, tile_days)
+
+
+def tiles_date(day: int) -> date:
+    return EPOCH + timedelta(days=day)
+
+
+def _sum_state(view: ViewSpec, days: Tiles, as_of: int, categories: int) -> tiles.State:
+    """The lifetime state as of `as_of`: the sum of every day's plain tiles per key."""
+    narrow = len(tiles.lifetime_names(view))
+    if not days:
+        return tiles.State(as_of, {k: np.zeros(0, np.int64) for k in view.keys}, np.zeros((narrow, 0), np.int64))
+    keys = {k: np.concatenate([t[0][k] for t in days.values()]) for k in view.keys}
+    values = np.concatenate([t[1][:narrow] for t in days.values()], axis=1)
+    uniq, inverse = np.unique(np.stack([keys[k] for k in view.keys]), axis=1, return_inverse=True)
+    out = np.zeros((narrow, uniq.shape[1]), np.int64)
+    np.add.at(out.T, inverse.ravel(), values.T)
+    return tiles.State(as_of, {k: uniq[i] for i, k in enumerate(view.keys)}, out)
+
+
+def _positions(ids: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
+    """Positions of `ids` in the sorted entity ids `known`; an id missing there is an error."""
+    pos = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
+    bad = known[pos] != ids if len(known) else np.ones(len(ids), bool)
+    if bad.any():
+        raise InputDataError(f"{what}: {int(bad.sum())} ids are not in the validated entity table (e.g. "
+                             f"{int(ids[bad][0])}); rebuild with a full `feedstore stats`")
+    return pos
+
+
+def _change_points(cfg: PipelineConfig, con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, end_w: int,
+                   a: int, b: int, s: int, stage: Path, writer: _DayWriter, tables: dict[str, Path],
+                   origin_day: int, categories: int) -> tiles.State | None:
+    """Rows of days start_w..end_w of a change-point view from tiles; the new state if the run reaches s."""
+    view, key = vt.view, vt.view.keys[0]
+    ents, attrs = _load_entities(con, view, tables[view.entity_table], origin_day)
+    names = vt.names
+    narrow = len(tiles.lifetime_names(view))
+    index = {n: i for i, n in enumerate(names)}
+    first = start_w - max(view.window_shifts, default=0)
+    # lifetime sums as of first - 1: the state minus every stored tile from `first` on
+    lifetime = np.zeros((narrow, len(ents.ids)), np.int64)
+    lifetime[:, _positions(vt.state.keys[key], ents.ids, f"{view.name} state")] = vt.state.values
+    for d, (k, v) in vt.stored.items():
+        if d >= first:
+            np.subtract.at(lifetime.T, _positions(k[key], ents.ids, f"{view.name} tiles"), v[:narrow].T)
+    day, pos, vals = [], [], []
+    for d in range(first, end_w + 1):
+        t = vt.at(d, a, b)
+        if t is not None and t[1].shape[1]:
+            day.append(np.full(t[1].shape[1], d, np.int32))
+            pos.append(_positions(t[0][key], ents.ids, f"{view.name} tiles"))
+            vals.append(t[1])
+    act = _Activity(np.concatenate(day) if day else np.zeros(0, np.int32),
+                    np.concatenate(pos) if pos else np.zeros(0, np.int64),
+                    np.concatenate(vals, axis=1) if vals else np.zeros((len(names), 0), np.int64))
+    schema = offline_schema(view)
+    wide = tuple(f.window for f in view.distributions())
+    final: dict = {}
+    for snap in _sweep(ents, act, start_w, end_w, view.window_shifts, view.heartbeat_days, narrow, wide,
+                       lifetime=lifetime, final=final):
+        writer.write(view.name, _snapshot_table(view, ents, attrs, snap, index, categories, schema),
+                     _part(stage, view.name, snap.day))
+    if end_w < s:
+        return None
+    return tiles.State(end_w, {key: ents.ids}, final[None][:narrow])
+
+
+def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, end_w: int, a: int, b: int, s: int,
+                 stage: Path, categories: int) -> tiles.State | None:
+    """Rows of days start_w..end_w of an active-days view (each key's running lifetime sums on its active days),
+    in DuckDB; the new state if the run reaches s."""
+    view = vt.view
+    keys = ", ".join(view.keys)
+    narrow = tiles.lifetime_names(view)
+
+    def frame(days: Tiles, lo: int, hi: int) -> pa.Table:
+        chosen = [(d, t) for d, t in sorted(days.items()) if lo <= d <= hi and t[1].shape[1]]
+        cols = {"d": pa.array(np.concatenate([np.full(t[1].shape[1], d, np.int64) for d, t in chosen])
+                              if chosen else np.zeros(0, np.int64))}
+        for k in view.keys:
+            cols[k] = pa.array(np.concatenate([t[0][k] for _, t in chosen]) if chosen else np.zeros(0, np.int64))
+        for i, n in enumerate(vt.names):
+            cols[n] = pa.array(np.concatenate([t[1][i] for _, t in chosen]) if chosen else np.zeros(0, np.int64))
+        return pa.table(cols)
+
+    state = vt.state
+    state_t = pa.table({**{k: pa.array(state.keys[k], pa.int64()) for k in view.keys},
+                        **{n: pa.array(v, pa.int64()) for n, v in zip(narrow, state.values, strict=True)}})
+    later = frame(vt.stored, start_w, s)  # stored tiles the state includes from the first rewritten day on
+    act = pa.concat_tables([frame(vt.new, a, b),
+                            frame({d: t for d, t in vt.stored.items() if not a <= d <= b}, start_w, end_w)])
+    con.register("st_state", state_t)
+    con.register("st_later", later)
+    con.register("st_act", act)
+    sums = ", ".join(f"CAST(sum(\"{n}\") AS BIGINT) AS \"{n}\"" for n in narrow)
+    neg = ", ".join(f"-\"{n}\" AS \"{n}\"" for n in narrow)
+    cols = ", ".join(f'"{n}"' for n in narrow)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE st_base AS
+        SELECT {keys}, {sums} FROM (SELECT {keys}, {cols} FROM st_state UNION ALL SELECT {keys}, {neg} FROM st_later)
+        GROUP BY {keys}""")
+    outputs = ", ".join(f"CAST(coalesce(b.\"{f.of}\", 0) + sum(x.\"{f.of}\") OVER w AS BIGINT) AS "
+                        f"\"{view.column_name(f, None)}\"" for f in view.features)
+    out = stage / view.name
+    if act.num_rows:
+        con.execute(f"""COPY (
+            SELECT {', '.join('x.' + k for k in view.keys)},
+                   CAST(DATE '1970-01-01' + CAST(x.d AS INTEGER) + 1 AS TIMESTAMPTZ) AS event_timestamp, {outputs},
+                   strftime(DATE '1970-01-01' + CAST(x.d AS INTEGER), '%Y-%m-%d') AS date
+            FROM st_act x LEFT JOIN st_base b USING ({keys})
+            WINDOW w AS (PARTITION BY {', '.join('x.' + k for k in view.keys)} ORDER BY x.d
+                         ROWS UNBOUNDED PRECEDING)
+            ORDER BY date, {', '.join('x.' + k for k in view.keys)}
+        ) TO '{_sql_path(out)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date),
+                                 FILENAME_PATTERN 'part-{{i}}')""")
+    if end_w < s:
+        return None
+    t = con.execute(f"""SELECT {keys}, {sums} FROM (SELECT {keys}, {cols} FROM st_base
+                        UNION ALL SELECT {keys}, {cols} FROM st_act) GROUP BY {keys} ORDER BY {keys}""").fetchnumpy()
+    return tiles.State(end_w, {k: t[k].astype(np.int64) for k in view.keys},
+                       np.stack([t[n].astype(np.int64) for n in narrow]) if narrow
+                       else np.zeros((0, len(t[view.keys[0]])), np.int64))
