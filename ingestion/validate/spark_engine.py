@@ -148,7 +148,7 @@ def _read_with_rows(spark: SparkSession, paths: list[str], files: pd.DataFrame |
 
     files = files if files is not None else pd.DataFrame({"_file": paths, "_day": "", "_offset": np.zeros(
         len(paths), np.int64)})
-    files = files.assign(_uri=[str(Path(p).resolve()) for p in files["_file"]])
+    files = files.assign(_uri=files["_file"])
     lookup = spark.createDataFrame(files)
     local = F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", "")  # Hadoop's `file:/abs/path`
     df = spark.read.parquet(*paths).select("*", local.alias("_uri"), F.col("_metadata.row_index").alias("_source_row"))
@@ -307,6 +307,8 @@ def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: Pipe
 
     # totals and daily volumes of the validated rows: the same table rules, on (small) Spark frames
     validated = sum(d[0] for d in per_day.values())
+    if validated != res.validated:  # every row Spark read was matched to its file: nothing lost on the way
+        raise RuntimeError(f"Spark validated {validated:,} rows, expected {res.validated:,} of {n:,}")
     totals = pd.DataFrame({
         "validated_rows": [validated],
         "ctr": [sum(d[1] for d in per_day.values()) / validated if validated else float("nan")],
