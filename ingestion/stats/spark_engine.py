@@ -21,6 +21,9 @@ computed as Spark DataFrames so the work spreads over a cluster:
 Each view is written by Spark as `<view>/date=YYYY-MM-DD/` (one file per day, rows sorted by key) into the same
 staging folder layout, with microsecond UTC timestamps and the contract's column order and types (checked on
 every written file), and returned as the same `StagedStats`: the runner's gate and publish path do not change.
+Publishing appends the rewritten days to the change log materialization reads, like the DuckDB engine. Spark does
+not keep the DuckDB engine's tiles and lifetime state (`incremental.py`): publishing drops them, so a later DuckDB
+run can never update from a state that no longer matches the offline tables; it rebuilds them once from the events.
 On a cluster, the data dir must be a path every executor sees (a shared filesystem), and the executors need
 feedstore installed (they run the feature formulas).
 """
@@ -33,6 +36,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
@@ -199,6 +203,17 @@ def _active_days(ev: DataFrame, view: ViewSpec, lo: int, hi: int) -> DataFrame:
                     *[view.column_name(f, None) for f in view.features], _date_column("__day").alias("date")))
 
 
+@dataclass
+class SparkStagedStats(StagedStats):
+    """`StagedStats` of a Spark run: publishing also drops the DuckDB engine's stored tiles (no staged tiles for any
+    view) and then its lifetime states, which Spark does not maintain."""
+
+    def publish(self) -> None:
+        super().publish()
+        for view in self.views:
+            Catalog(self.data_dir).tile_state(view).unlink(missing_ok=True)
+
+
 def _write(frame: DataFrame, view: ViewSpec, out: Path) -> None:
     """One Parquet file per day partition, rows sorted by key; no Hadoop side files (_SUCCESS, .crc)."""
     (frame.repartition("date").sortWithinPartitions("date", *view.keys)
@@ -265,4 +280,5 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     seconds = time.perf_counter() - t0
     log.info("stats computed on Spark (%s) for %d snapshot days (%s..%s) in %.2f s: %s", spark.sparkContext.master,
              len(days), lo, hi, seconds, ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
-    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views])
+    return SparkStagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root,
+                            {v.name: None for v in spec.views})

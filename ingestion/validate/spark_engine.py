@@ -43,8 +43,9 @@ import pyarrow.parquet as pq
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
+from feedstore.core.docs import run_record
 from feedstore.core.errors import InputDataError, ValidationFailed
-from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, summary_table
+from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, _notes, summary_table
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, quarantine_mask
 from feedstore.ingestion.validate.reading import Partition, discover_partitions, read_contract_table
@@ -70,8 +71,8 @@ def with_row_id(gx_suite: Any) -> Any:
 class SparkGXRunner(GXRunner):
     """The GX runtime of every gate, with a Spark datasource: row rules report failing rows by `_row`."""
 
-    def __init__(self, docs_dir: Path | None = None, example_rows: int = 5):
-        super().__init__(docs_dir, example_rows)
+    def __init__(self, docs_dir: Path | None = None, example_rows: int = 5, history: int = 20):
+        super().__init__(docs_dir, example_rows, history)
         self.spark_source = self.context.data_sources.add_spark("feedstore_spark")
         self._spark_assets: dict[str, Any] = {}
 
@@ -91,8 +92,11 @@ class SparkGXRunner(GXRunner):
         result = batch.validate(gx_suite, result_format=fmt)
         outcomes = [self._spark_outcome(r) for r in result.results]
         self._examples(df, outcomes, example_columns)
-        if self.docs_dir is not None:
-            self._store_for_docs(result, gx_suite, batch, run_name)
+        if self.docs is not None:
+            notes = {e.meta["rule"]: _notes(e) for e in expectation_suite.expectations}
+            rows = max([o.element_count or 0 for o in outcomes] or [0])
+            self.docs.add(run_record(expectation_suite.name, run_name or expectation_suite.name, outcomes, notes,
+                                     rows))
         return outcomes
 
     def _spark_outcome(self, r: Any) -> RuleOutcome:
@@ -144,7 +148,7 @@ def _read_with_rows(spark: SparkSession, paths: list[str], files: pd.DataFrame |
 
     files = files if files is not None else pd.DataFrame({"_file": paths, "_day": "", "_offset": np.zeros(
         len(paths), np.int64)})
-    files = files.assign(_uri=[str(Path(p).resolve()) for p in files["_file"]])
+    files = files.assign(_uri=files["_file"])
     lookup = spark.createDataFrame(files)
     local = F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", "")  # Hadoop's `file:/abs/path`
     df = spark.read.parquet(*paths).select("*", local.alias("_uri"), F.col("_metadata.row_index").alias("_source_row"))
@@ -303,6 +307,8 @@ def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: Pipe
 
     # totals and daily volumes of the validated rows: the same table rules, on (small) Spark frames
     validated = sum(d[0] for d in per_day.values())
+    if validated != res.validated:  # every row Spark read was matched to its file: nothing lost on the way
+        raise RuntimeError(f"Spark validated {validated:,} rows, expected {res.validated:,} of {n:,}")
     totals = pd.DataFrame({
         "validated_rows": [validated],
         "ctr": [sum(d[1] for d in per_day.values()) / validated if validated else float("nan")],
@@ -343,14 +349,17 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     parts = discover_partitions(cat.raw_interactions, start, end)  # the contract of every file, from footers
-    if sum(p.rows for p in parts) == 0:
+    total_rows = sum(p.rows for p in parts)
+    if total_rows == 0:
         raise InputDataError(f"{cat.raw_interactions}: interactions are empty (0 rows in {len(parts)} files)")
+    log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations "
+             "on Spark", f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
     spark = get_spark(cfg.spark)
 
     stage = data_dir / f".validate-staging-{uuid.uuid4().hex[:8]}"
     stage.mkdir(parents=True)
     try:
-        runner = SparkGXRunner(cat.data_docs, example_rows=v.example_rows)
+        runner = SparkGXRunner(cat.data_docs, example_rows=v.example_rows, history=v.docs_history)
         users_res, users = _validate_entity(spark, runner, "users", cat.raw_users, USERS_SCHEMA, "user_id",
                                             ex.users_suite(cfg), stage)
         items_res, items = _validate_entity(spark, runner, "items", cat.raw_items, ITEMS_SCHEMA, "item_id",

@@ -109,7 +109,7 @@ def test_spark_stats_equal_duckdb_stats_bit_for_bit(stats_data, spark_stats):
 
 
 def _staged(engine: str, data_dir: Path, spec=FEATURE_SPEC, **kw) -> Path:
-    """Run one engine's compute (no gate, no publish) and move its staging out of the way; return it."""
+    """Run one engine's full compute (no gate, no publish) and move its staging out of the way; return it."""
     cfg = pipeline_config(data_dir)
     if engine == "spark":
         from feedstore.ingestion.stats.spark_engine import compute_stats
@@ -118,16 +118,15 @@ def _staged(engine: str, data_dir: Path, spec=FEATURE_SPEC, **kw) -> Path:
     staged = compute_stats(cfg, spec=spec, **kw)
     out = data_dir / f"staged-{engine}"
     shutil.move(staged.root, out)
+    shutil.rmtree(out / ".intermediate", ignore_errors=True)  # the DuckDB engine's tiles and state
     return out
 
 
-def test_a_few_days_recomputed_equal_on_both_engines_and_the_full_run(stats_data, spark, tmp_path):
-    """start/end: activity before `start` still counts, rows only for the chosen days, on both engines, equal to
-    those days of the full run."""
+def test_a_few_days_recomputed_on_spark_equal_those_days_of_the_duckdb_run(stats_data, spark, tmp_path):
+    """start/end on Spark: activity before `start` still counts, rows only for the chosen days, equal to those days
+    of the DuckDB engine's full run (its own day ranges are the incremental update, tested in test_incremental)."""
     d = _inputs_copy(stats_data, tmp_path / "d")
-    days = {"start": date(2024, 3, 9), "end": date(2024, 3, 11)}
-    duck, spk = _staged("duckdb", d, **days), _staged("spark", d, **days)
-    assert_same_offline(duck, spk)
+    spk = _staged("spark", d, start=date(2024, 3, 9), end=date(2024, 3, 11))
     for view in FEATURE_SPEC.views:
         parts = sorted(p.name for p in (spk / view.name).iterdir())
         assert parts == [f"date=2024-03-{n}" for n in ("09", "10", "11")], (view.name, parts)
