@@ -86,7 +86,7 @@ def test_help_lists_commands_in_pipeline_order_with_an_example_each(tmp_path):
     out = feedstore("--help", cwd=tmp_path).stdout
     listed = [line.split()[0] for line in out.split("Commands, in pipeline order")[1].splitlines()[1:]
               if line.strip() and not line.strip().startswith("$")]
-    assert listed == ["run", "generate", "validate", "stats", "apply", "materialize", "lookup", "check-skew",
+    assert listed == ["run", "generate", "validate", "stats", "apply", "materialize", "lookup", "serve", "check-skew",
                       "training-set", "evaluate", "ui"]
     assert out.count("$ feedstore ") == len(listed)
     run_help = feedstore("run", "--help", cwd=tmp_path).stdout
