@@ -95,7 +95,7 @@ def feedstore(env: dict, *args: str) -> None:
 def wait_ready(url: str, proc: subprocess.Popen, path: str) -> None:
     import requests
 
-    for _ in range(900):
+    for _ in range(3000):  # workers start slowly on a busy machine
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
         try:

@@ -63,7 +63,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 def feedstore(env: dict, *args: str) -> float:
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "feedstore.cli", *args], env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "feedstore", *args], env=env, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"feedstore {' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return time.perf_counter() - t0
@@ -90,7 +90,7 @@ def child(repo: Path) -> None:
     logging.basicConfig(level=logging.WARNING)
     from feast import FeatureStore
 
-    from feedstore.duck import connect
+    from feedstore.core.duck import connect
 
     data = Path(os.environ["FEEDSTORE_DATA_DIR"])
     con = connect()

@@ -21,7 +21,7 @@ logical date (the run at 2024-11-15 02:00 processes 2024-11-14), and every task 
 * A failed validation gate fails its task at once (no retries: retrying cannot fix data), so nothing downstream
   runs; the task log shows the summary table. Other errors (a service down) get the 2 retries.
 * `materialize_online` writes the entities whose online values changed: the rows stamped since the view's last
-  materialization, and the rows `compute_stats` rewrote for late data.
+  materialization (a full load of the ttl window after late data changed a day already served).
 * Run params: `inject_faults` (fraction of corrupted rows, to exercise the gate; default 0).
 """
 

@@ -1,12 +1,11 @@
 """Offline sources written by `feedstore stats`, and the request source of a ranking call.
 
-Paths come from FEEDSTORE_DATA_DIR (absolute), never from the current directory. Each source is a
-hive-partitioned Parquet dataset `<data>/offline/<view>/date=YYYY-MM-DD/`; every row is stamped at the end of
+Paths are relative to the data dir: the registry stores `offline/<view>/**/*.parquet` and the offline store
+(feedstore.plugins.asof_duckdb) resolves it against FEEDSTORE_DATA_DIR when it reads, so a copied or moved data
+dir reads its own files, never the one `apply` ran on. Each source is a hive-partitioned Parquet dataset
+`<data>/offline/<view>/date=YYYY-MM-DD/`; every row is stamped at the end of
 the day it covers and aggregates only events strictly before its stamp.
 """
-
-import os
-from pathlib import Path
 
 from feast import Field, FileSource, RequestSource
 from feast.data_format import ParquetFormat
@@ -14,10 +13,7 @@ from feast.types import String, UnixTimestamp
 
 
 def _offline(view: str) -> str:
-    data_dir = os.environ.get("FEEDSTORE_DATA_DIR")
-    if not data_dir:
-        raise RuntimeError("FEEDSTORE_DATA_DIR is not set: export FEEDSTORE_DATA_DIR=/absolute/path/to/data")
-    return str(Path(data_dir).resolve() / "offline" / view / "**" / "*.parquet")
+    return f"offline/{view}/**/*.parquet"
 
 
 user_daily_stats_source = FileSource(

@@ -338,5 +338,7 @@ def serve(cfg: PipelineConfig, online_store: str | None = None, host: str = "127
                                            "max_candidates": max_candidates}).decode()
     log.info("serving %s on http://%s:%d with %d worker(s), online store %s", FEATURE_SERVICE, host, port, workers,
              online_store)
+    # a worker loads the registry, builds the ranker and warms it up before it is ready: far more than uvicorn's
+    # default 5 s health-check timeout on a busy machine (it would kill and respawn workers forever)
     uvicorn.run("feedstore.serving.http:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, loop="auto", http="auto")
+                log_level="warning", access_log=False, timeout_worker_healthcheck=120)

@@ -4,14 +4,15 @@ rolling it back.
 **What a daily run writes.** The statistics write a row only when a value can change (activity, a window expiry,
 the day an entity appears, a heartbeat). So after the online store caught up at P (the view's newest
 materialization end in Feast's registry), the entities whose online values differ at `end` are exactly those with
-a row stamped in (P, end], plus those with a row on a day a later `stats` run rewrote (late or corrected data,
-listed in the statistics' change log, `Catalog.stats_changes`). Each view is therefore materialized over
-[max(end - ttl, min(P + 1 s, first rewritten stamp)), end] through Feast's own `store.materialize` (any batch
-engine, the fast one included, sees an ordinary interval): Feast writes each entity's latest row in that interval,
-which is its latest row overall; every other entity already holds, online, the row a full [end - ttl, end] load
-would write. Without a previous materialization, after a gap longer than the ttl, or with `force`, the full
-[end - ttl, end] interval is loaded. `feast materialize-incremental` keeps working: it loads (P, end] (without the
-late-data rewrites, which only this function knows about)."""
+a row stamped in (P, end]. Each view is therefore materialized over [P + 1 s, end] through Feast's own
+`store.materialize` (any batch engine, the fast one included, sees an ordinary interval): Feast writes each
+entity's latest row in that interval, which is its latest row overall; every other entity already holds, online,
+the row a full [end - ttl, end] load would write. Late data is the exception: if a `stats` run changed the values of
+a day already served (the statistics' change log, `Catalog.stats_changes`, says from which day), a changed row may
+also have disappeared (an expiry row of removed activity), and only a full load writes every entity's now-latest
+row; so that view is loaded over [end - ttl, end], as it is without a previous materialization, after a gap longer
+than the ttl, or with `force`. `feast materialize-incremental` keeps working: it loads (P, end] (it does not know
+about late data)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
+from feedstore.core.errors import ConfigError
 from feedstore.core.feast_repo import feature_store
 from feedstore.core.progress import Progress
 from feedstore.serving.store import latest_materialized, latest_snapshot
@@ -49,7 +51,11 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
     times online) unless `force`."""
     online_store = online_store or cfg.serving.online_store
     store = feature_store(cfg, online_store)
-    end = end or latest_snapshot(cfg)
+    newest_data = latest_snapshot(cfg)
+    if end is not None and end > newest_data + timedelta(days=1):
+        raise ConfigError(f"--end {end.isoformat()} is after the newest offline snapshot ({newest_data.isoformat()}): "
+                          "there is nothing to materialize there, and recording it would block later runs")
+    end = end or newest_data
     newest = latest_materialized(store)
     if newest is not None and end < newest and not force:
         log.warning("online store already reflects %s, later than %s: not materializing (a backfill must not roll "
@@ -63,9 +69,11 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
             t0 = time.perf_counter()
             start = end - fv.ttl
             last = max((e for _, e in fv.materialization_intervals or []), default=None)
-            if last is not None and not force and end - fv.ttl <= last <= end:
-                since = last.astimezone(timezone.utc) + timedelta(seconds=1)  # rows are stamped at midnight
-                start = max(start, min(since, rewritten) if rewritten is not None else since)
+            # incremental unless late data changed rows already served (a changed row may also have disappeared,
+            # so only a full load writes each entity's now-latest row)
+            if (last is not None and not force and end - fv.ttl <= last <= end
+                    and (rewritten is None or rewritten > last)):
+                start = max(start, last.astimezone(timezone.utc) + timedelta(seconds=1))  # rows stamped at midnight
             if start > end:
                 entities[fv.name], seconds[fv.name] = 0, 0.0
                 log.info("materialized %s: nothing changed since %s", fv.name, last.isoformat())
@@ -87,8 +95,8 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
 
 
 def _rewritten_since(cfg: PipelineConfig, online_store: str) -> tuple[datetime | None, int]:
-    """(the stamp of the earliest snapshot day a `stats` run rewrote since this online store last caught up, or
-    None; the newest change-log entry)."""
+    """(the stamp of the earliest snapshot day whose values a `stats` run changed after computing it before (late
+    data), since this online store last caught up, or None; the newest change-log entry)."""
     cat = Catalog(cfg.data_dir)
     try:
         runs = json.loads(cat.stats_changes.read_text())["runs"]
@@ -98,11 +106,11 @@ def _rewritten_since(cfg: PipelineConfig, online_store: str) -> tuple[datetime |
         done = json.loads(cat.changes_materialized(online_store).read_text())["seq"]
     except (OSError, ValueError, KeyError):
         done = 0
-    pending = [r["first"] for r in runs if r["seq"] > done]
-    if not pending:
-        return None, runs[-1]["seq"] if runs else 0
-    first = datetime.fromisoformat(min(pending)).replace(tzinfo=timezone.utc) + timedelta(days=1)
-    return first, runs[-1]["seq"]
+    late = [r["late"] for r in runs if r["seq"] > done and r.get("late")]
+    newest = runs[-1]["seq"] if runs else 0
+    if not late:
+        return None, newest
+    return datetime.fromisoformat(min(late)).replace(tzinfo=timezone.utc) + timedelta(days=1), newest
 
 
 def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime) -> int:
@@ -111,8 +119,9 @@ def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime
     keys = "user_id, item_id" if view == "user_item_daily_stats" else ("user_id" if view.startswith("user") else
                                                                          "item_id")
     glob = Catalog(cfg.data_dir).view_glob(view)
-    return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet('{glob}', hive_partitioning = false) "
-                          "WHERE event_timestamp BETWEEN $s AND $e", {"s": start, "e": end}).fetchone()[0]
+    return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet($glob, hive_partitioning = false) "
+                          "WHERE event_timestamp BETWEEN $s AND $e", {"glob": str(glob), "s": start, "e": end}
+                          ).fetchone()[0]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -12,11 +12,13 @@ import pandas as pd
 
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import DEVICES, FEATURE_SERVICE, ITEM_SENTINEL, PAIR_SENTINEL, USER_SENTINEL
+from feedstore.core.errors import ServingError
 from feedstore.core.feast_repo import feature_store
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec
 from feedstore.core.spec import defaults as spec_defaults
 from feedstore.serving.online_ranker import OnlineRanker
 from feedstore.serving.request import RankingContext
+from feedstore.serving.store import latest_materialized
 
 TS_SUFFIX = "__ts"
 
@@ -147,6 +149,9 @@ def lookup(cfg: PipelineConfig, user_id: int, item_ids: list[int], device: str =
     /rank answers the same document). Schema: serving/schemas/lookup.schema.json."""
     online_store = online_store or cfg.serving.online_store
     store = feature_store(cfg, online_store)
+    if latest_materialized(store) is None:
+        raise ServingError(f"nothing materialized into the {online_store} online store yet; run "
+                           f"`feedstore materialize --online-store {online_store}` first")
     ctx = RankingContext(request_ts=at or datetime.now(timezone.utc), device=device)
     n = len(item_ids)
     columns = entity_rows_features(store, np.full(n, int(user_id), dtype=np.int64), np.asarray(item_ids, np.int64),

@@ -38,18 +38,18 @@ def check_skew(cfg: PipelineConfig, online_store: str | None = None, sample: int
     sample = sample or cfg.serving.skew_sample
     store = feature_store(cfg, online_store)
     end = end or latest_materialized(store) or latest_snapshot(cfg)
-    base = Path(cfg.data_dir).resolve() / "offline"
+    base = (Path(cfg.data_dir) / "offline").resolve()
     pairs = duckdb.execute(f"""
-        SELECT user_id, item_id FROM read_parquet('{base}/user_item_daily_stats/**/*.parquet',
-                                                  hive_partitioning = false)
+        SELECT user_id, item_id FROM read_parquet($g, hive_partitioning = false)
         WHERE event_timestamp BETWEEN $s AND $e ORDER BY hash(user_id, item_id, {seed}) LIMIT {sample // 2}""",
-                           {"s": end - timedelta(days=30), "e": end}).fetchall()
-    users = [r[0] for r in duckdb.execute(f"SELECT DISTINCT user_id FROM read_parquet('{base}/user_daily_stats/**/"
-                                      f"*.parquet', hive_partitioning = false) ORDER BY hash(user_id, {seed}) "
-                                      f"LIMIT {sample}").fetchall()]
-    items = [r[0] for r in duckdb.execute(f"SELECT DISTINCT item_id FROM read_parquet('{base}/item_daily_stats/**/"
-                                      f"*.parquet', hive_partitioning = false) ORDER BY hash(item_id, {seed}) "
-                                      f"LIMIT {sample}").fetchall()]
+                           {"g": f"{base}/user_item_daily_stats/**/*.parquet", "s": end - timedelta(days=30),
+                            "e": end}).fetchall()
+    users = [r[0] for r in duckdb.execute(f"SELECT DISTINCT user_id FROM read_parquet($g, hive_partitioning = false) "
+                                      f"ORDER BY hash(user_id, {seed}) LIMIT {sample}",
+                                      {"g": f"{base}/user_daily_stats/**/*.parquet"}).fetchall()]
+    items = [r[0] for r in duckdb.execute(f"SELECT DISTINCT item_id FROM read_parquet($g, hive_partitioning = false) "
+                                      f"ORDER BY hash(item_id, {seed}) LIMIT {sample}",
+                                      {"g": f"{base}/item_daily_stats/**/*.parquet"}).fetchall()]
     rng = np.random.default_rng(seed)
     mixed = list(zip(rng.choice(users, sample - len(pairs)), rng.choice(items, sample - len(pairs)), strict=True))
     entity_pairs = [(int(u), int(i)) for u, i in [*pairs, *mixed]]

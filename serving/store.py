@@ -57,8 +57,8 @@ def latest_snapshot(cfg: PipelineConfig) -> datetime:
 
     glob = Path(cfg.data_dir).resolve() / "offline" / "user_daily_stats" / "**" / "*.parquet"
     try:
-        ts = duckdb.execute(f"SELECT max(event_timestamp) FROM read_parquet('{glob}', hive_partitioning = false)"
-                        ).fetchone()[0]
+        ts = duckdb.execute("SELECT max(event_timestamp) FROM read_parquet($g, hive_partitioning = false)",
+                            {"g": str(glob)}).fetchone()[0]
     except duckdb.Error:
         ts = None
     if ts is None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,8 +40,9 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
 from feedstore.core.errors import FeedstoreError, InputDataError
-from feedstore.core.io import PARQUET_OPTIONS, replace_dir, write_json
+from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
 from feedstore.core.progress import Progress
+from feedstore.core.spec import FEATURE_SPEC
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def entity_query(cfg: PipelineConfig, start=None, end=None) -> str:
     return f"""
         SELECT interaction_id, user_id, item_id, event_timestamp, event_timestamp AS request_ts, device,
                click, "like", share, dwell_time
-        FROM read_parquet('{glob}/**/*.parquet', hive_partitioning = false)
+        FROM read_parquet({duck.literal(str(glob.resolve()) + '/**/*.parquet')}, hive_partitioning = false)
         {('WHERE ' + ' AND '.join(where)) if where else ''}
         ORDER BY event_timestamp, interaction_id"""
 
@@ -77,14 +76,16 @@ def entity_timestamps(query: str) -> np.ndarray:
 
 
 def fingerprint(cfg: PipelineConfig, store) -> str:
-    """Hash of what determines the training set: input files (name, size, rows), config, service definition."""
-    import pyarrow.parquet as pq
-
+    """Hash of what determines the training set: the input files' names and contents (the stages write
+    byte-identical files for the same inputs and config), the config, the service definition."""
     h = hashlib.sha256()
     base = Path(cfg.data_dir).resolve()
     for folder in ("validated/interactions", "offline"):
-        for p in sorted((base / folder).rglob("*.parquet")):
-            h.update(f"{p.relative_to(base)}:{p.stat().st_size}:{pq.ParquetFile(p).metadata.num_rows}".encode())
+        root = (base / folder).resolve()  # the published version, resolved once
+        for p in sorted(root.rglob("*.parquet")):
+            h.update(f"{folder}/{p.relative_to(root)}:".encode())
+            with p.open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
     # batch_rows changes how the set is built, not what it contains
     h.update(cfg.model_dump_json(exclude={"data_dir": True, "log_level": True, "splits": {"batch_rows"}}).encode())
     service = store.get_feature_service(FEATURE_SERVICE)
@@ -130,6 +131,13 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     from feedstore.training_data.report import FeatureSummary, feature_report
 
     t0 = time.perf_counter()
+    if version is not None:
+        Catalog(cfg.data_dir).training_set(version)  # a bad name fails before any work
+    cat = Catalog(cfg.data_dir)
+    empty = [v.name for v in FEATURE_SPEC.views if not any(cat.view(v.name).glob("*/*.parquet"))]
+    if empty:
+        raise InputDataError(f"{cat.offline}: no offline statistics for {', '.join(empty)} "
+                             "(run `feedstore stats` first)")
     store = feature_store(cfg, online_store or cfg.serving.online_store)
     try:
         service = store.get_feature_service(FEATURE_SERVICE)
@@ -149,8 +157,13 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     except (EntityDataFrameError, FeastError) as e:  # e.g. a request field or join key missing from the rows
         raise FeedstoreError(f"get_historical_features: {str(e).splitlines()[0]}") from None
 
-    out = Catalog(cfg.data_dir).training / version
-    stage = out.with_name(f".{version}.staging-{uuid.uuid4().hex[:8]}")
+    out = Catalog(cfg.data_dir).training_set(version)
+    for other in Catalog(cfg.data_dir).training.glob(".*.versions"):  # leftovers of killed builds of other versions
+        name = other.name[1:].removesuffix(".versions")
+        if name != version:
+            Catalog(cfg.data_dir).training_publication(name).clean_if_idle()
+    pending = Catalog(cfg.data_dir).training_publication(version).begin()
+    stage = pending.path / version
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
     try:
@@ -198,7 +211,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 writers.pop(name).close()
             else:
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
-        _fit_preprocessor(summary.sample("train"), numeric, stage)
+        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)
         report = feature_report(summary, stage / "report", plots=report_plots,
                                 splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS})
         manifest = {
@@ -213,6 +226,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             "labels": TRAINING_LABELS,
             "features": dtypes,
             "numeric_features": numeric,
+            # preprocessor.joblib is a pickle: `evaluate` loads it only if its bytes still hash to this
+            "preprocessor_sha256": preprocessor_sha256,
             "row_order": "event_timestamp, then interaction_id (one row per validated impression)",
             "psi": report["psi"],
             "batch_rows": cfg.splits.batch_rows,
@@ -222,14 +237,14 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
         }
         write_json(manifest, stage / "manifest.json")
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        pending.discard()
         raise
     finally:
         for w in writers.values():
             w.close()
     log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
              time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
-    return StagedTrainingSet(stage, out, version, manifest)
+    return StagedTrainingSet(stage, out, version, manifest, pending)
 
 
 class BatchObserver(Protocol):
@@ -247,11 +262,12 @@ class StagedTrainingSet:
     out: Path
     version: str
     manifest: dict[str, Any]
+    pending: VersionStage
     published: bool = False
 
     def publish(self) -> TrainingSetResult:
-        """Swap the staged set into `training/<version>/` (atomic rename)."""
-        replace_dir(self.stage, self.out)
+        """Switch `training/<version>/` to the staged set (one atomic step)."""
+        self.pending.publish()
         self.published = True
         log.info("training set %s -> %s; report %s", self.version, self.out, self.out / "report" / "index.html")
         for name, s in self.manifest["splits"].items():
@@ -260,7 +276,7 @@ class StagedTrainingSet:
         return TrainingSetResult(self.out, self.version, self.manifest["rows"], self.manifest)
 
     def discard(self) -> None:
-        shutil.rmtree(self.stage, ignore_errors=True)
+        self.pending.discard()
 
     def __enter__(self) -> StagedTrainingSet:
         return self
@@ -293,7 +309,7 @@ def _split_summary(acc: dict[str, Any]) -> dict[str, Any]:
             "ctr": acc["click"] / n, "like_rate": acc["like"] / n}
 
 
-def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> None:
+def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> str:
     """Median imputer + standard scaler fitted on train only (the report's fixed sample of ~200K train rows, all
     of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test)."""
     import joblib
@@ -306,6 +322,12 @@ def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> Non
     pipe.fit(train[numeric].astype(np.float64))
     pipe.feature_names_ = numeric
     joblib.dump(pipe, out / "preprocessor.joblib")
+    return file_sha256(out / "preprocessor.joblib")
+
+
+def file_sha256(path: Path) -> str:
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_split(path: Path, name: str) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
+from feedstore.core.errors import InputDataError
 from feedstore.core.io import write_json
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,31 @@ def _batches(path: Path, columns: list[str], batch_rows: int) -> Iterator[pd.Dat
         yield batch.to_pandas()
 
 
+def load_preprocessor(path: Path, manifest: dict):
+    """Unpickle preprocessor.joblib only if its sha256 is the one the build recorded in the manifest (a pickle runs
+    code when loaded: a file swapped after the build is refused, never loaded)."""
+    import hashlib
+
+    import joblib
+
+    file = path / "preprocessor.joblib"
+    expected = manifest.get("preprocessor_sha256")
+    if not file.exists():
+        raise InputDataError(f"{file}: not found (rebuild the training set)")
+    with file.open("rb") as f:
+        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    if expected is None or actual != expected:
+        raise InputDataError(f"{file}: sha256 {actual[:12]}... does not match the manifest's "
+                             f"{(expected or 'none')[:12]}...; refusing to load a pickle that was changed after the "
+                             "build (rebuild the training set)")
+    return joblib.load(file)
+
+
 def evaluate_training_set(cfg: PipelineConfig, version: str | None = None, max_train_rows: int = 300_000) -> dict:
     """Stage `evaluate`: the baseline on a built training set (default: the newest), recorded the result in its
     manifest. Streams the split files (only the
     numeric features and the label): train is sampled on the way in (~`max_train_rows` rows, seeded), val and
     test are scored batch by batch, so memory does not grow with the set."""
-    import joblib
     import pyarrow.parquet as pq
 
     path = Catalog(cfg.data_dir).published_training_set(version)
@@ -82,7 +102,7 @@ def evaluate_training_set(cfg: PipelineConfig, version: str | None = None, max_t
     rng = np.random.default_rng(0)
     train = pd.concat([b[rng.random(len(b)) < keep] for b in _batches(path / "train.parquet", columns, batch_rows)]
                       or [pd.DataFrame(columns=columns)], ignore_index=True)
-    preprocessor = joblib.load(path / "preprocessor.joblib")  # fitted on train only, at build time
+    preprocessor = load_preprocessor(path, manifest)  # fitted on train only, at build time
     result = evaluate_frames(train, _batches(path / "val.parquet", columns, batch_rows),
                              _batches(path / "test.parquet", columns, batch_rows), manifest["numeric_features"],
                              preprocessor=preprocessor, max_train_rows=max_train_rows)

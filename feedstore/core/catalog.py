@@ -4,11 +4,30 @@ changed working directory or a copied data dir all read their own files."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from feedstore.core.io import Publication
+
+#: What each stage publishes as one unit (see `feedstore.core.io.Publication`): outputs under the data dir.
+STAGE_OUTPUTS = {"generate": ("raw",), "validate": ("validated", "quarantine"), "stats": ("offline",)}
+
 #: The offline feature tables (one hive-partitioned Parquet dataset each, `date=YYYY-MM-DD/`).
 PARTITION = "date"
+
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_version(version: str) -> str:
+    """A training-set version is one folder name under training/: letters, digits, `.`, `_`, `-` (no path)."""
+    from feedstore.core.errors import ConfigError
+
+    if not _VERSION.fullmatch(version or "") or ".." in version:
+        raise ConfigError(f"training-set version {version!r}: use letters, digits, '.', '_' and '-' only "
+                          "(a folder name under training/, not a path)")
+    return version
 
 
 @dataclass(frozen=True)
@@ -18,7 +37,18 @@ class Catalog:
     root: Path
 
     def __post_init__(self) -> None:
+        from feedstore.core.errors import ConfigError
+
         object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"data dir {self.root} is not a directory")
+
+    def publication(self, stage: str) -> Publication:
+        """How a stage's outputs are published together (versions, one atomic switch)."""
+        return Publication(self.root, stage, STAGE_OUTPUTS[stage])
+
+    def training_publication(self, version: str) -> Publication:
+        return Publication(self.training, check_version(version), (version,), hook="training-set")
 
     # ---- raw (generate)
     @property
@@ -104,7 +134,7 @@ class Catalog:
         return self.root / "training"
 
     def training_set(self, version: str) -> Path:
-        return self.training / version
+        return self.training / check_version(version)
 
     def published_training_set(self, version: str | None = None) -> Path:
         """A published training set's folder (one with a manifest): `version`, or the newest one."""

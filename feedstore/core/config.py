@@ -10,6 +10,7 @@ import copy
 import math
 import os
 from datetime import UTC, date, datetime, time, timedelta
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,9 @@ from feedstore.core.contracts import DEVICES
 from feedstore.core.errors import ConfigError
 
 #: The repository's `config/` folder (present in a source checkout and an editable install).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+#: config/ ships inside the package (feedstore/config -> ../config in the source tree, package data in a wheel), so
+#: an installed CLI finds its defaults and presets from any directory.
+CONFIG_DIR = Path(str(files("feedstore") / "config"))
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "pipeline.yaml"
 PRESETS_DIR = CONFIG_DIR / "presets"
 
@@ -302,15 +305,16 @@ class ValidationConfig(_Strict):
 class ServingConfig(_Strict):
     """Feast online store choice and serving checks (Feast's own settings live in feature_repo/*.yaml)."""
 
-    online_store: str = Field("sqlite", description="sqlite (embedded, feature_store.sqlite.yaml) or redis "
-                              "(feature_store.yaml, REDIS_CONNECTION_STRING).")
+    online_store: str = Field("sqlite", description="sqlite (embedded, feature_store.sqlite.yaml), redis "
+                              "(feature_store.yaml, REDIS_CONNECTION_STRING) or redis-postgres (Redis + the Feast "
+                              "SQL registry in PostgreSQL at FEEDSTORE_REGISTRY_URL, feature_store.postgres.yaml).")
     skew_sample: int = Field(200, ge=1, description="Entity rows compared online vs offline by check-skew.")
 
     @field_validator("online_store")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("sqlite", "redis"):
-            raise ValueError(f"online_store must be 'sqlite' or 'redis', got {v!r}")
+        if v not in ("sqlite", "redis", "redis-postgres"):
+            raise ValueError(f"online_store must be 'sqlite', 'redis' or 'redis-postgres', got {v!r}")
         return v
 
 

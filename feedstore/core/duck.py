@@ -13,3 +13,9 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def literal(value: object) -> str:
+    """A path or string as a SQL string literal, quotes doubled: for the few places DuckDB takes no parameter
+    (views, COPY ... TO); everywhere else bind it."""
+    return "'" + str(value).replace("'", "''") + "'"

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 
 _NOISY = ("great_expectations", "feast", "urllib3", "asyncio", "numexpr", "matplotlib")
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every `password=` (and a URL's user:password@) replaced by ***."""
+    text = re.sub(r"(password=)[^,\s]*", r"\1***", str(text), flags=re.IGNORECASE)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Secrets never reach a log line, whoever logged them (Feast and redis-py log connection strings too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -15,7 +29,7 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     if not any(getattr(h, "_feedstore", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
         handler._feedstore = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     for name in _NOISY:

@@ -7,8 +7,7 @@ settings of later calls are ignored; a debug line says so when they differ). Eve
 Arrow, writes Parquet timestamps as microseconds (Spark 4.3 cannot read nanoseconds back, and INT96 is
 legacy), and has no UI and quiet logs. Importing this module does not import pyspark.
 
-Start-up in local mode costs ~10 s (JVM, Spark context) plus ~5 s for the first job on this 2-core machine;
-what measurably helps is listed in `_FAST_LOCAL` (see bench/RESULTS.md, "Spark").
+Start-up costs (Spark's defaults vs `_FAST_LOCAL` and quiet logs, JVM options tried) are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ _ALWAYS = {
     "spark.ui.showConsoleProgress": "false",
 }
 
-#: Local-mode start-up and small-job settings (measured: bench/RESULTS.md, "Spark").
+#: Local-mode start-up and small-job settings (measured: see the module docstring).
 _FAST_LOCAL = {
     "spark.driver.host": "127.0.0.1",  # no reverse lookup of the host name, no "resolves to loopback" warning
     "spark.driver.bindAddress": "127.0.0.1",

@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -160,7 +161,8 @@ def _view_sql(fv, features: list[str], full_feature_names: bool, alias: str, ts_
     if created:
         cols.append(f"{_q(reverse.get(created, created))} AS __created")
     cols += [f"{_q(reverse.get(f, f))} AS {_q('f_' + f)}" for f in features]
-    sub = (f"SELECT {', '.join(cols)} FROM read_parquet('{source.path}', hive_partitioning = false, "
+    path = resolve_source_path(source.path).replace("'", "''")
+    sub = (f"SELECT {', '.join(cols)} FROM read_parquet('{path}', hive_partitioning = false, "
            "union_by_name = true)")
     if created:  # one row per (keys, timestamp): the latest created wins, as in Feast
         key_list = ", ".join(_q("k_" + k) for k in keys)
@@ -384,8 +386,60 @@ def _check_entity_columns(columns: list[str], feature_views: list, odfvs: list) 
                                                f"{source.name}, needed by {odfv.name})")
 
 
+def resolve_source_path(path: str) -> str:
+    """A FileSource path as the registry stores it (relative to the data dir, so a copied or moved data dir reads
+    its own files), made absolute against FEEDSTORE_DATA_DIR; the folders before the first glob part are resolved
+    once, so a stage publishing a new version mid-read cannot mix two versions' files."""
+    p = Path(path)
+    if not p.is_absolute():
+        base = os.environ.get("FEEDSTORE_DATA_DIR")
+        if not base:
+            raise ValueError(f"FileSource path {path!r} is relative to the data dir, but FEEDSTORE_DATA_DIR is not set")
+        p = Path(base) / p
+    parts = p.parts
+    cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    return str(Path(os.path.realpath(Path(*parts[:cut]))).joinpath(*parts[cut:]))
+
+
+def _read_source(data_source, repo_path: str):
+    """Feast's duckdb reader for the materialization path, with the source path resolved against the data dir and
+    bound by DuckDB's own API (Feast's reader pastes it into SQL unquoted: a path with an apostrophe broke it)."""
+    import uuid
+
+    import ibis
+
+    backend = ibis.get_backend()
+    name = f"feedstore_source_{uuid.uuid4().hex[:12]}"
+    backend.con.read_parquet(resolve_source_path(data_source.path), hive_partitioning=False,
+                             union_by_name=True).create_view(name, replace=True)
+    return backend.table(name)
+
+
+def _pull(kind: str, config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+          created_timestamp_column=None, start_date=None, end_date=None):
+    from feast.infra.offline_stores import ibis as feast_ibis
+    from feast.infra.offline_stores.duckdb import _write_data_source
+
+    return getattr(feast_ibis, f"pull_{kind}_from_table_or_query_ibis")(
+        config=config, data_source=data_source, join_key_columns=join_key_columns,
+        feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
+        created_timestamp_column=created_timestamp_column, start_date=start_date, end_date=end_date,
+        data_source_reader=_read_source, data_source_writer=_write_data_source,
+        staging_location=config.offline_store.staging_location,
+        staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override)
+
+
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
-    """Feast's duckdb offline store with point-in-time joins as DuckDB ASOF joins."""
+    """Feast's duckdb offline store with point-in-time joins as DuckDB ASOF joins; source paths relative to the
+    data dir."""
+
+    @staticmethod
+    def pull_latest_from_table_or_query(config, data_source, *args, **kwargs):
+        return _pull("latest", config, data_source, *args, **kwargs)
+
+    @staticmethod
+    def pull_all_from_table_or_query(config, data_source, *args, **kwargs):
+        return _pull("all", config, data_source, *args, **kwargs)
 
     @staticmethod
     def get_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
@@ -409,4 +463,4 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                                 temp_directory=getattr(store, "temp_directory", None))
 
 
-__all__ = ["AsofDuckDBOfflineStore", "AsofDuckDBOfflineStoreConfig", "AsofRetrievalJob"]
+__all__ = ["AsofDuckDBOfflineStore", "AsofDuckDBOfflineStoreConfig", "AsofRetrievalJob", "resolve_source_path"]

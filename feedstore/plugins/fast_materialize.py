@@ -28,7 +28,6 @@ import logging
 import struct
 import tempfile
 import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -46,10 +45,8 @@ from feast.repo_config import FeastConfigBaseModel
 from feast.value_type import ValueType
 from pydantic import StrictInt
 
-try:  # the restructure moves the helper to feedstore.core.duck
-    from feedstore.core.duck import connect
-except ImportError:
-    from feedstore.duck import connect
+from feedstore.core.duck import connect
+from feedstore.plugins.asof_duckdb import resolve_source_path
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +165,7 @@ class FastMaterializationEngine(LocalComputeEngine):
             con.execute(f"SET memory_limit = '{self.duckdb_memory_limit}'")
             con.execute(f"SET temp_directory = '{spill}'")  # a private spill directory, never the current one
             reader = con.sql(_latest_rows_sql(fv, _source_path(fv.batch_source, cfg.repo_path)),
-                             params={"start": _naive_utc(task.start_time), "end": _naive_utc(task.end_time)}
+                             params={"start": _utc(task.start_time), "end": _utc(task.end_time)}
                              ).to_arrow_reader(self.batch_rows)
             layout.check_schema(reader.schema)
             for k, batch in enumerate(reader):
@@ -191,17 +188,18 @@ class FastMaterializationEngine(LocalComputeEngine):
                  f"{read:,}", f"{written:,}", f"{read - written:,}", dt, f"{read / max(dt, 1e-9):,.0f}")
 
 
-def _naive_utc(ts):
+def _utc(ts):
+    """An aware UTC datetime (naive means UTC, as in Feast). Compared with the timestamp column as it is, not cast
+    (Feast's duckdb store casts it to a naive UTC timestamp: the same instants in this UTC session), so DuckDB can
+    skip Parquet files and row groups by their statistics."""
     from datetime import timezone
 
-    return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+    return ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 def _source_path(src: FileSource, repo_path) -> str:
-    path = src.path.removeprefix("file://")
-    if not Path(path).is_absolute() and repo_path is not None:
-        path = str(Path(repo_path) / path)
-    return path
+    """The source's Parquet glob: the registry keeps it relative to the data dir (resolved like the offline store)."""
+    return resolve_source_path(src.path.removeprefix("file://"))
 
 
 def _q(name: str) -> str:
@@ -217,17 +215,20 @@ def _latest_rows_sql(fv: FeatureView, path: str) -> str:
     order = f"{_q(ts)} DESC NULLS LAST" + (f", {_q(created)} DESC NULLS LAST" if created else "")
     literal = "'" + path.replace("'", "''") + "'"
     return (f"SELECT {', '.join(map(_q, cols))} FROM read_parquet({literal}, hive_partitioning = false) "
-            f"WHERE CAST({_q(ts)} AS TIMESTAMP) >= $start AND CAST({_q(ts)} AS TIMESTAMP) <= $end "
+            f"WHERE {_q(ts)} >= $start AND {_q(ts)} <= $end "
             f"QUALIFY row_number() OVER (PARTITION BY {', '.join(map(_q, keys))} ORDER BY {order}) = 1")
 
 
 # ------------------------------------------------------------------------------------------ byte building
 
 
+_GAP = np.uint16(256)  # marks the unused tail of a piece in _Rows' uint16 grid
+
+
 class _Rows:
     """One byte string per row, built column by column from constant pieces and ragged (matrix, lengths) pieces.
 
-    Every piece is a (rows x width) uint8 matrix whose first `length` bytes in a row are valid; the rows are laid
+    Every piece is a (rows x width) uint8 matrix whose first `length` bytes in a row are valid; the pieces are laid
     side by side in one matrix and the valid bytes taken in row-major order: one boolean compress, no row loop."""
 
     def __init__(self, n: int):
@@ -260,32 +261,36 @@ class _Rows:
         """The same RESP bulk string in every row."""
         self.const(b"$%d\r\n%s\r\n" % (len(data), data))
 
-    def _grid(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _grid(self, rows: np.ndarray | None) -> np.ndarray:
+        """(rows x width) uint16: the bytes, 256 where a piece is shorter than its width. Built one piece per
+        line (a long contiguous run each; a column slice of a row-major matrix would cost one tiny copy per row),
+        then transposed in cache-sized blocks."""
         self._flush()
-        n = self.n if rows is None else int(np.count_nonzero(rows))
         widths = [m.shape[1] for m, _ in self.parts]
-        big = np.empty((n, sum(widths)), dtype=np.uint8)
-        keep = np.ones((n, sum(widths)), dtype=bool)
+        grid = np.empty((sum(widths), self.n), dtype=np.uint16)
         a = 0
         for (mat, lens), w in zip(self.parts, widths, strict=True):
             if lens is None:
-                big[:, a:a + w] = mat
+                grid[a:a + w] = mat.T
             else:
-                big[:, a:a + w] = mat if rows is None else mat[rows]
-                keep[:, a:a + w] = np.arange(w) < (lens if rows is None else lens[rows])[:, None]
+                np.copyto(grid[a:a + w], np.where(np.arange(w)[:, None] < lens[None, :], mat.T, _GAP))
             a += w
-        return big, keep
+        out = np.empty((self.n, grid.shape[0]), dtype=np.uint16)
+        for j in range(0, self.n, 256):
+            out[j:j + 256] = grid[:, j:j + 256].T
+        return out if rows is None else out[rows]
 
     def tobytes(self, rows: np.ndarray | None = None) -> bytes:
         """All rows (or the selected ones) concatenated."""
-        big, keep = self._grid(rows)
-        return big[keep].tobytes()
+        grid = self._grid(rows)
+        return grid[grid != _GAP].astype(np.uint8).tobytes()
 
     def packed(self) -> tuple[np.ndarray, np.ndarray]:
         """The rows as one left-aligned (matrix, lengths) piece."""
-        big, keep = self._grid(None)
+        grid = self._grid(None)
+        keep = grid != _GAP
         lens = keep.sum(axis=1)
-        return _pad(big[keep], lens), lens
+        return _pad(grid[keep].astype(np.uint8), lens), lens
 
 
 def _pad(flat: np.ndarray, lens: np.ndarray) -> np.ndarray:

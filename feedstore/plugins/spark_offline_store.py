@@ -73,6 +73,8 @@ from feedstore.plugins.asof_duckdb import (
     _entity_rows,
     _EntityRows,
     _q,
+    _read_source,
+    resolve_source_path,
 )
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ def _view_plan(fv, features: list[str], full_feature_names: bool) -> _ViewPlan:
     name = fv.projection.name_to_use()
     created = source.created_timestamp_column
     return _ViewPlan(
-        name=name, path=source.path,
+        name=name, path=resolve_source_path(source.path.removeprefix("file://")),
         keys=[(reverse.get(c.name, c.name), join_map.get(c.name, c.name)) for c in fv.entity_columns],
         ts_column=reverse.get(source.timestamp_field, source.timestamp_field),
         created_column=reverse.get(created, created) if created else None,
@@ -451,14 +453,14 @@ class SparkPitOfflineStore(SparkOfflineStore):
             return SparkOfflineStore.pull_latest_from_table_or_query(
                 config, data_source, join_key_columns, feature_name_columns, timestamp_field,
                 created_timestamp_column, start_date, end_date)
-        from feast.infra.offline_stores.duckdb import _read_data_source, _write_data_source
+        from feast.infra.offline_stores.duckdb import _write_data_source
         from feast.infra.offline_stores.ibis import pull_latest_from_table_or_query_ibis
 
         return pull_latest_from_table_or_query_ibis(
             config=config, data_source=data_source, join_key_columns=join_key_columns,
             feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
             created_timestamp_column=created_timestamp_column, start_date=start_date, end_date=end_date,
-            data_source_reader=_read_data_source, data_source_writer=_write_data_source)
+            data_source_reader=_read_source, data_source_writer=_write_data_source)
 
     @staticmethod
     def pull_all_from_table_or_query(config, data_source, join_key_columns, feature_name_columns,
@@ -467,14 +469,14 @@ class SparkPitOfflineStore(SparkOfflineStore):
             return SparkOfflineStore.pull_all_from_table_or_query(
                 config, data_source, join_key_columns, feature_name_columns, timestamp_field,
                 created_timestamp_column, start_date, end_date)
-        from feast.infra.offline_stores.duckdb import _read_data_source, _write_data_source
+        from feast.infra.offline_stores.duckdb import _write_data_source
         from feast.infra.offline_stores.ibis import pull_all_from_table_or_query_ibis
 
         return pull_all_from_table_or_query_ibis(
             config=config, data_source=data_source, join_key_columns=join_key_columns,
             feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
             created_timestamp_column=created_timestamp_column, start_date=start_date, end_date=end_date,
-            data_source_reader=_read_data_source, data_source_writer=_write_data_source)
+            data_source_reader=_read_source, data_source_writer=_write_data_source)
 
 
 __all__ = ["SparkPitOfflineStore", "SparkPitOfflineStoreConfig", "SparkPitRetrievalJob"]

@@ -13,14 +13,18 @@ from typing import Any
 
 import click
 
+from feedstore.core.catalog import Catalog
 from feedstore.core.config import ENV_CONFIG, ENV_DATA_DIR, ENV_ENGINE, ENV_PRESET, PipelineConfig, load_config
 from feedstore.core.errors import FeedstoreError
-from feedstore.core.logs import configure_logging
+from feedstore.core.logs import configure_logging, redact
 
 log = logging.getLogger("feedstore")
 
 _DATE = click.DateTime(formats=["%Y-%m-%d"])
-_ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
+#: Entity ids are int64 (the Arrow contracts): anything outside is a usage error, not an overflow deep in Feast.
+_ID = click.IntRange(-(2**63), 2**63 - 1)
+
+_ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis", "redis-postgres"]), default=None,
                        help="Online store (default: serving.online_store in the config, sqlite).")
 _TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
@@ -37,6 +41,7 @@ class Globals:
         merged = {"data_dir": self.data_dir, "log_level": self.log_level, "engine": self.engine, **(overrides or {})}
         cfg = load_config(self.config, preset=self.preset, overrides=merged)
         configure_logging(cfg.log_level)
+        Catalog(cfg.data_dir)  # a data dir that is a file fails here, in one line
         return cfg
 
 
@@ -49,6 +54,7 @@ EXAMPLES = {
     "apply": "feedstore apply --online-store redis",
     "materialize": "feedstore materialize --end 2025-01-01",
     "lookup": "feedstore lookup --user 42 --items 1001,1002 --at 2025-01-01T09:00:00",
+    "serve": "feedstore serve --online-store redis --port 6567 --workers 2",
     "check-skew": "feedstore check-skew --sample 200",
     "training-set": "feedstore training-set --version v1",
     "evaluate": "feedstore evaluate --version v1",
@@ -283,7 +289,7 @@ def materialize(g: Globals, online_store, end, force) -> None:
 
 
 @cli.command()
-@click.option("--user", "user_id", type=int, required=True, help="User to rank for.")
+@click.option("--user", "user_id", type=_ID, required=True, help="User to rank for.")
 @click.option("--items", "items", required=True, help="Comma-separated candidate item ids.")
 @click.option("--device", type=click.Choice(["mobile", "desktop", "tablet"]), default="mobile", show_default=True)
 @click.option("--at", "at", type=_TS, default=None, help="Request time, UTC (default: now).")
@@ -297,9 +303,12 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
     from feedstore.shell.runner import lookup as do_lookup
 
     try:
-        item_ids = [int(x) for x in items.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {items!r}", param_hint="--items") from None
+        item_ids = [_ID.convert(x.strip(), None, None) for x in items.split(",") if x.strip()]
+    except click.BadParameter:
+        raise click.BadParameter(f"expected comma-separated 64-bit integer ids, got {items!r}",
+                                 param_hint="--items") from None
+    if not item_ids:
+        raise click.BadParameter(f"no item ids in {items!r}", param_hint="--items")
     cfg = g.load()
     result = do_lookup(cfg, user_id, item_ids, device, _as_utc(at), online_store)
     click.echo(json.dumps(result, indent=2))
@@ -316,6 +325,7 @@ def lookup(g: Globals, user_id, items, device, at, online_store) -> None:
               envvar="FEEDSTORE_MAX_CANDIDATES",
               help="Most entity rows / candidates one request may ask for (more: 413) [env FEEDSTORE_MAX_CANDIDATES].")
 @_ONLINE
+@_global_options
 @click.pass_obj
 def serve(g: Globals, host, port, workers, max_candidates, online_store) -> None:
     """HTTP feature server: Feast's /get-online-features, /rank (one user + N candidates), /health, /ready."""
@@ -392,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except FeedstoreError as e:
-        click.echo(f"feedstore: error: {e}", err=True)
+        click.echo(redact(f"feedstore: error: {e}"), err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("feedstore: interrupted", err=True)

@@ -116,10 +116,12 @@ def validate_stats(cfg: PipelineConfig, days: list[str]) -> None:
 
 def apply_definitions(cfg: PipelineConfig, online_store: str | None = None) -> None:
     """`apply`: `feast apply` on feature_repo/."""
+    from feedstore.core.feast_repo import online_errors
     from feedstore.serving.store import apply_definitions as run
 
     t0 = time.perf_counter()
-    run(cfg, online_store)
+    with online_errors("apply"):
+        run(cfg, online_store)
     store = online_store or cfg.serving.online_store
     _done("apply", t0, f"Feast definitions registered for the {store} online store",
           Catalog(cfg.data_dir).registry(store))
@@ -128,10 +130,12 @@ def apply_definitions(cfg: PipelineConfig, online_store: str | None = None) -> N
 def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end: datetime | None = None,
                        force: bool = False):
     """`materialize`: latest features into the online store (each view over [end - ttl, end]); never rolls back."""
+    from feedstore.core.feast_repo import online_errors
     from feedstore.serving.materialize import materialize_online as run
 
     t0 = time.perf_counter()
-    res = run(cfg, online_store, end, force=force)
+    with online_errors("materialize"):
+        res = run(cfg, online_store, end, force=force)
     _done("materialize", t0, f"{sum(res.entities.values()):,} entity rows up to {res.end.isoformat()} into "
           f"{online_store or cfg.serving.online_store}" if res.entities else "nothing written")
     return res
@@ -140,9 +144,11 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
 def lookup(cfg: PipelineConfig, user_id: int, item_ids: list[int], device: str = "mobile",
            at: datetime | None = None, online_store: str | None = None) -> dict:
     """`lookup`: the features of one ranking request, JSON-ready."""
+    from feedstore.core.feast_repo import online_errors
     from feedstore.serving.ranking import lookup as run
 
-    return run(cfg, user_id, item_ids, device, at, online_store)
+    with online_errors("lookup"):
+        return run(cfg, user_id, item_ids, device, at, online_store)
 
 
 def serve(cfg: PipelineConfig, online_store: str | None = None, host: str = "127.0.0.1", port: int = 6567,
@@ -194,9 +200,11 @@ def evaluate_training_set(cfg: PipelineConfig, version: str | None = None) -> di
 def check_skew(cfg: PipelineConfig, online_store: str | None = None, sample: int | None = None,
                end: datetime | None = None):
     """`check-skew`: online values vs get_historical_features at the newest materialization; raises SkewFound."""
+    from feedstore.core.feast_repo import online_errors
     from feedstore.serving.skew import check_skew as run
 
-    return run(cfg, online_store, sample, end)
+    with online_errors("check-skew"):
+        return run(cfg, online_store, sample, end)
 
 
 def sample_request(cfg: PipelineConfig, candidates: int = 5) -> dict:

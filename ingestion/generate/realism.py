@@ -44,9 +44,11 @@ def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
     """Measure every pattern on the files under `<data_dir>/raw/`."""
     con = duck.connect()
     glob = str(Catalog(data_dir).raw_interactions / "**" / "*.parquet")
-    con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet('{glob}', hive_partitioning = false)")
-    con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{Catalog(data_dir).raw_users}')")
-    con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet('{Catalog(data_dir).raw_items}')")
+    con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet({duck.literal(Catalog(data_dir).raw_users)})")
+    con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet({duck.literal(Catalog(data_dir).raw_items)})")
+    # faulty rows (--inject-faults) may name unknown users or items: the patterns are measured on the rest
+    con.execute(f"""CREATE VIEW ev AS SELECT * FROM read_parquet({duck.literal(glob)}, hive_partitioning = false)
+                    WHERE user_id IN (SELECT user_id FROM users) AND item_id IN (SELECT item_id FROM items)""")
     q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
     one = lambda sql: q(sql)[0][0]  # noqa: E731
     t = cfg.realism_targets
@@ -155,7 +157,7 @@ def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
 
     # --- popularity, quality, categories
     exposures = np.array([r[0] for r in q("SELECT count(*) FROM ev GROUP BY item_id ORDER BY 1")], dtype=np.float64)
-    exposures = np.concatenate([np.zeros(n_items - len(exposures)), exposures])
+    exposures = np.concatenate([np.zeros(max(n_items - len(exposures), 0)), exposures])
     gini = 1 - 2 * np.sum(np.cumsum(exposures) / exposures.sum()) / n_items + 1 / n_items
     checks.append(_cmp("popularity bias", "Gini of item exposure", gini, ">", 0.5))
     top_q, bottom_q = q("""WITH r AS (SELECT click, ntile(4) OVER (ORDER BY base_quality) AS qt

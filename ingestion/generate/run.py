@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import GenerationConfig, PipelineConfig
 from feedstore.core.contracts import ITEMS_SCHEMA, USERS_SCHEMA
-from feedstore.core.io import replace_dir, staged_dir, write_json, write_parquet
+from feedstore.core.io import link_tree, write_json, write_parquet
 from feedstore.ingestion.generate import faults as faults_mod
 from feedstore.ingestion.generate.events import _DEVICE_LABELS, block_sizes, block_table, build_world, generate_block
 from feedstore.ingestion.generate.world import _SEGMENTS, _STREAM_FAULTS, US_PER_DAY, World, _rng
@@ -157,29 +157,33 @@ def write_raw_events(
     raw = Catalog(data_dir).raw
     rows_by_date: Counter[str] = Counter()
     faults: Counter[str] = Counter()
-    target = Catalog(data_dir).raw_interactions
-    day_stage = target.with_name(f".day-staging-{time.time_ns()}")
-    with staged_dir(target if days is None else day_stage) as stage:
+    version = Catalog(data_dir).publication("generate").begin()  # raw/ is published whole, in one atomic switch
+    try:
+        out = version.path / "raw"
+        stage = out / "interactions"
+        stage.mkdir(parents=True)
         results = _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress)
         for res in results:
             rows_by_date.update(res.rows_by_date)
             faults.update(res.faults)
-        write_parquet(users_table(world), Catalog(data_dir).raw_users)
-        write_parquet(items_table(world), Catalog(data_dir).raw_items)
+        write_parquet(users_table(world), out / "users.parquet")
+        write_parquet(items_table(world), out / "items.parquet")
         fault_doc = {
             "rate": fault_rate,
             "seed": cfg.seed,
             "total": int(sum(faults.values())),
             "counts": {k: int(faults.get(k, 0)) for k in faults_mod.KINDS},
         }
-        write_json(fault_doc, Catalog(data_dir).faults)
-        if days is not None:  # move just these partitions into place (each replaced whole)
-            for part in sorted(stage.glob("date=*")):
-                replace_dir(part, target / part.name)
-    if days is not None:
-        import shutil
-
-        shutil.rmtree(day_stage, ignore_errors=True)
+        write_json(fault_doc, out / "faults.json")
+        current = version.publication.published("raw")
+        if days is not None and current is not None:  # keep every other day's partition
+            regenerated = {f"date={d.isoformat()}" for d in days}
+            link_tree(current, out, skip=lambda rel: rel.parts[0] != "interactions" or (
+                len(rel.parts) >= 2 and rel.parts[1] in regenerated))
+        version.publish()
+    except BaseException:
+        version.discard()
+        raise
     total = int(sum(rows_by_date.values()))
     seconds = time.perf_counter() - t0
     log.info(

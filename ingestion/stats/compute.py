@@ -31,7 +31,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
-from feedstore.core.io import replace_dir
+from feedstore.core.io import VersionStage, link_tree, replace_dir
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
@@ -246,10 +245,12 @@ def _feature_columns(view: ViewSpec, snap: _Snapshot, index: dict[str, int], cat
 
 @dataclass
 class StagedStats:
-    """Computed, unpublished statistics: `root` holds `<view>/date=D/` for every computed day, and under
-    `root/.intermediate/` the tiles and states the run wrote. `publish()` swaps each day's partitions into
-    `offline/`, then the tiles, then the states (a state names the tiles it includes, so a crash between the steps
-    is detected by the next run); leaving the `with` block without publishing removes the staging."""
+    """Computed, unpublished statistics: `root` holds `<view>/date=D/` for every computed day, and `intermediate`
+    the tiles and states the run wrote. With a `version` (a new version of `offline/`, see
+    feedstore.core.io.Publication), `publish()` carries the other days over from the published version and switches
+    `offline/` to the new one in one atomic step; without one (engines that stage elsewhere) it swaps each day's
+    partitions in. Then the tiles, then the states (a state names the tiles it includes, so a crash between the
+    steps is detected by the next run). Leaving the `with` block without publishing drops the staging."""
 
     root: Path
     offline: Path
@@ -259,19 +260,29 @@ class StagedStats:
     views: list[str]
     data_dir: Path | None = None
     tile_days: dict[str, list[str] | None] = field(default_factory=dict)  # None: the view's whole tile table
+    version: VersionStage | None = None
+    late_from: str | None = None  # the first already-computed day whose values may have changed (late data)
     published: bool = field(default=False)
 
     @property
     def intermediate(self) -> Path:
-        return self.root / ".intermediate"
+        # outside the offline/ version: nothing hidden may sit where Feast's source globs read
+        return self.version.path / "intermediate" if self.version is not None else self.root / ".intermediate"
 
     def publish(self) -> None:
-        """Replace each computed day's partition of each view (days with no rows lose their old partition), then
-        the tile partitions and states the run computed."""
-        for view in self.views:
-            for day in self.days:
-                staged = self.root / view / Catalog.partition(day)
-                replace_dir(staged if staged.exists() else None, self.offline / view / Catalog.partition(day))
+        """Publish: each computed day's partitions replace the old ones (days with no rows lose theirs), every other
+        day is kept; then the tile partitions and states the run computed."""
+        if self.version is not None:
+            current = self.version.publication.published("offline")
+            if current is not None:
+                recomputed = {Catalog.partition(d) for d in self.days}
+                link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
+            self.version.publish()  # readers see the whole old offline/ or the whole new one
+        else:
+            for view in self.views:
+                for day in self.days:
+                    staged = self.root / view / Catalog.partition(day)
+                    replace_dir(staged if staged.exists() else None, self.offline / view / Catalog.partition(day))
         if self.data_dir is not None:
             cat = Catalog(self.data_dir)
             for view, days in self.tile_days.items():
@@ -287,14 +298,18 @@ class StagedStats:
                 if state.exists():
                     cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(state, cat.tile_state(view))
-            _log_change(cat, self.days)
+            _log_change(cat, self.days, self.late_from)
+        if self.version is not None:
+            shutil.rmtree(self.intermediate, ignore_errors=True)
         self.published = True
-        self.discard()
         log.info("stats published for %d days (%s..%s): %s -> %s", len(self.days), self.days[0], self.days[-1],
                  ", ".join(f"{v} {self.rows.get(v, 0):,} rows" for v in self.views), self.offline)
 
     def discard(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.version is not None:
+            self.version.discard()
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> StagedStats:
         return self
@@ -304,8 +319,9 @@ class StagedStats:
             self.discard()
 
 
-def _log_change(cat: Catalog, days: list[str]) -> None:
-    """Append the rewritten snapshot days to the change log materialization reads (the newest 1,000 runs)."""
+def _log_change(cat: Catalog, days: list[str], late_from: str | None) -> None:
+    """Append the rewritten snapshot days, and the first one whose values may have changed (late data), to the
+    change log materialization reads (the newest 1,000 runs)."""
     import json
 
     from feedstore.core.io import write_json
@@ -315,7 +331,7 @@ def _log_change(cat: Catalog, days: list[str]) -> None:
     except (OSError, ValueError):
         doc = {"runs": []}
     seq = (doc["runs"][-1]["seq"] + 1) if doc["runs"] else 1
-    doc["runs"] = [*doc["runs"][-999:], {"seq": seq, "first": days[0], "last": days[-1]}]
+    doc["runs"] = [*doc["runs"][-999:], {"seq": seq, "first": days[0], "last": days[-1], "late": late_from}]
     write_json(doc, cat.stats_changes)
 
 
@@ -399,9 +415,10 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
         return _Activity(t.pop("d").astype(np.int32), t.pop("pos").astype(np.int64),
                          np.stack([v.astype(np.int64) for v in t.values()]))
 
-    stage = cat.offline / f".stats-staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
-    inter_stage = stage / ".intermediate"
+    version = cat.publication("stats").begin()
+    stage = version.path / "offline"
+    stage.mkdir()
+    inter_stage = version.path / "intermediate"  # outside offline/: moved to the tile store at publish
     lo_n, hi_n = (lo - EPOCH).days, (hi - EPOCH).days
     rows: dict[str, int] = {}
     try:
@@ -439,13 +456,14 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
                 **{v: _check_written(stage / v, offline_schema(spec.view(v))) for v in pending}}
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        version.discard()
         raise
     seconds = time.perf_counter() - t0
     log.info("stats computed for %d snapshot days (%s..%s) in %.2f s: %s", len(days), lo, hi, seconds,
              ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
     return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root,
-                       {v.name: None for v in spec.views})
+                       {v.name: None for v in spec.views}, version,
+                       late_from=days[0])  # a full recompute may change any day
 
 
 def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, act: _Activity, names: list[str],
@@ -500,20 +518,34 @@ def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path
     tiles = ", ".join(f"CAST(sum({t.sql}) AS BIGINT) AS \"{t.name}\"" for t in view.tiles)
     outputs = ", ".join(f"CAST(sum(\"{f.of}\") OVER w AS BIGINT) AS \"{view.column_name(f, None)}\""
                         for f in view.features)
-    con.execute(f"""COPY (
-        SELECT {keys}, CAST(DATE '1970-01-01' + d + 1 AS TIMESTAMPTZ) AS event_timestamp, {outputs},
-               strftime(DATE '1970-01-01' + d, '%Y-%m-%d') AS date
+    # Read in (day, keys) order and write each day's file here, not with COPY ... PARTITION_BY: a partitioned COPY
+    # on several threads writes rows (and files) in scheduling order, so two runs gave different bytes.
+    reader = con.sql(f"""
+        SELECT {keys}, CAST(DATE '1970-01-01' + d + 1 AS TIMESTAMPTZ) AS event_timestamp, {outputs}, d
         FROM (SELECT {keys}, d, {tiles} FROM ev GROUP BY ALL)
         WINDOW w AS (PARTITION BY {keys} ORDER BY d ROWS UNBOUNDED PRECEDING)
         QUALIFY DATE '1970-01-01' + d BETWEEN $lo AND $hi
-        ORDER BY date, {keys}
-    ) TO '{_sql_path(out)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date), FILENAME_PATTERN 'part-{{i}}')""",
-                {"lo": lo, "hi": hi})
+        ORDER BY d, {keys}""", params={"lo": lo, "hi": hi}).to_arrow_reader(1 << 20)
+    schema = offline_schema(view)
+    pending: list[pa.RecordBatch] = []
 
+    def flush() -> None:
+        if pending:
+            day = pending[0].column("d")[0].as_py()
+            table = pa.Table.from_batches(pending).drop_columns(["d"]).combine_chunks().cast(schema)
+            path = out / Catalog.partition((EPOCH + timedelta(days=day)).isoformat()) / "part-0.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path, compression="zstd", use_dictionary=False)
+            pending.clear()
 
-def _sql_path(path: Path) -> str:
-    """A path as a SQL string literal body (COPY ... TO takes no parameter): quotes doubled."""
-    return str(path).replace("'", "''")
+    for batch in reader:
+        days = batch.column("d").to_numpy()
+        cuts = np.flatnonzero(np.diff(days)) + 1
+        for a, b in zip([0, *cuts], [*cuts, len(days)], strict=True):
+            if pending and pending[0].column("d")[0].as_py() != days[a]:
+                flush()
+            pending.append(batch.slice(a, b - a))
+    flush()
 
 
 def _check_written(out: Path, schema: pa.Schema) -> int:
@@ -533,3 +565,8 @@ def _check_written(out: Path, schema: pa.Schema) -> int:
 def _normal(t: pa.DataType) -> str:
     """Type identity ignoring list item names (DuckDB writes 'element', Arrow defaults to 'item')."""
     return f"list<{t.value_type}>" if pa.types.is_list(t) else str(t)
+
+
+def _sql_path(path: Path) -> str:
+    """A path as a SQL string literal body (COPY ... TO takes no parameter): quotes doubled."""
+    return str(path).replace("'", "''")

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -163,9 +161,10 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
                  ", ".join(sorted({tiles.day_str(d) for vt in views.values() for d in vt.differs if d <= s})),
                  tiles.day_str(start_w), tiles.day_str(end_w))
 
-    stage = cat.offline / f".stats-staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
-    inter_stage = stage / ".intermediate"
+    version = cat.publication("stats").begin()  # a new version of offline/, switched to in one step at publish
+    stage = version.path / "offline"
+    stage.mkdir()
+    inter_stage = version.path / "intermediate"  # outside offline/, where Feast's source globs read
     origin_day = (cfg.generation.start - EPOCH).days
     tables = {"users": cat.validated_users, "items": cat.validated_items}
     rows: dict[str, int] = {}
@@ -202,14 +201,16 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
             rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in (stage / v.name).rglob("*.parquet"))
         days = [tiles.day_str(d) for d in range(start_w, end_w + 1)]
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        version.discard()
         raise
     seconds = time.perf_counter() - t0
     log.info("stats updated incrementally for %d snapshot days (%s..%s; events of %s..%s, state as of %s) in "
              "%.2f s: %s", len(days), days[0], days[-1], tiles.day_str(ev_lo), tiles.day_str(ev_hi),
              tiles.day_str(s) if trusted else "none", seconds,
              ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
-    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root, tile_days)
+    changed = [d for vt in views.values() for d in vt.differs if d <= s] if trusted else [ev_lo]
+    return StagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root, tile_days,
+                       version, late_from=tiles.day_str(min(changed)) if changed else None)
 
 
 def tiles_date(day: int) -> date:

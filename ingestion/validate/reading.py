@@ -68,6 +68,10 @@ def discover_partitions(root: Path, start: date | None, end: date | None) -> lis
     """Date partitions under `root` (hive `date=YYYY-MM-DD/`), optionally limited to [start, end]."""
     if not root.is_dir():
         raise InputDataError(f"{root}: directory not found (run `feedstore generate` first?)")
+    stray = sorted(p.name for p in root.iterdir() if not (p.is_dir() and p.name.startswith("date=")))
+    if stray:  # it would be neither validated nor quarantined: say so instead of skipping it
+        raise InputDataError(f"{root / stray[0]}: outside any date=YYYY-MM-DD partition ({len(stray)} such "
+                             f"entr{'y' if len(stray) == 1 else 'ies'}); move it into its day's partition or remove it")
     parts = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("date=")):
         day = d.name.removeprefix("date=")

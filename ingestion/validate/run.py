@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
 from feedstore.core.errors import InputDataError, ValidationFailed
 from feedstore.core.gx import GXRunner, summary_table
-from feedstore.core.io import replace_dir, write_parquet
+from feedstore.core.io import VersionStage, link_tree, write_parquet
 from feedstore.core.progress import Progress
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, _quarantine_table, quarantine_mask
@@ -65,10 +63,12 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         raise InputDataError(f"{Catalog(data_dir).raw_interactions}: interactions are empty "
                              f"(0 rows in {len(parts)} files)")
 
+    for path, schema in ((Catalog(data_dir).raw_users, USERS_SCHEMA), (Catalog(data_dir).raw_items, ITEMS_SCHEMA)):
+        read_contract_table(path, schema)  # unreadable entity tables fail here, in one line, before anything starts
     log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations",
              f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
-    stage = data_dir / f".validate-staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    version = Catalog(data_dir).publication("validate").begin()
+    stage = version.path
     try:
         runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows, history=v.docs_history)
         users_res, users = _validate_entity(runner, cfg, "users", Catalog(data_dir).raw_users, USERS_SCHEMA, "user_id",
@@ -81,9 +81,10 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         passed = not failures
         reports = _write_reports(data_dir, tables, passed, failures, as_of, [p.day for p in parts])
         docs = runner.build_docs()
-        _publish(data_dir, stage, [p.day for p in parts], publish_validated=passed)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        _publish(version, [p.day for p in parts], publish_validated=passed)
+    except BaseException:
+        version.discard()
+        raise
 
     for name, res in tables.items():
         log.info("validation summary for %s: %s rows in = %s validated + %s quarantined (%.3f%%)\n%s", name,
@@ -236,17 +237,22 @@ def _gate(tables: dict[str, TableResult], max_fraction: float) -> list[str]:
     return failures
 
 
-def _publish(data_dir: Path, stage: Path, days: list[str], *, publish_validated: bool) -> None:
-    kinds = ["quarantine"] + (["validated"] if publish_validated else [])
-    for kind in kinds:
-        for name in ("users", "items"):
-            staged = stage / kind / f"{name}.parquet"
-            target = data_dir / kind / f"{name}.parquet"
-            if staged.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, target)
-            elif target.exists():
-                target.unlink()
-        for day in days:
-            staged = stage / kind / "interactions" / f"date={day}"
-            replace_dir(staged if staged.exists() else None, data_dir / kind / "interactions" / f"date={day}")
+def _publish(version: VersionStage, days: list[str], *, publish_validated: bool) -> None:
+    """Publish validated/ and quarantine/ together (one atomic switch): users and items are replaced, the
+    validated days' partitions replaced (a day with no rows loses its old one), every other day kept. A failed
+    gate publishes the new quarantine beside the old validated data."""
+    pub, stage = version.publication, version.path
+    recomputed = {f"date={d}" for d in days}
+
+    def replaced(rel: Path) -> bool:  # not carried over from the published version: users, items, validated days
+        return rel.parts[0] != "interactions" or (len(rel.parts) >= 2 and rel.parts[1] in recomputed)
+
+    for kind in ("validated", "quarantine"):
+        current = pub.published(kind)
+        if kind == "validated" and not publish_validated:
+            shutil.rmtree(stage / kind, ignore_errors=True)
+            if current is not None:
+                link_tree(current, stage / kind)
+        elif current is not None:
+            link_tree(current, stage / kind, skip=replaced)
+    version.publish()

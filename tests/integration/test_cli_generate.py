@@ -20,7 +20,7 @@ def feedstore(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comp
     full_env = {**os.environ, **(env or {})}
     full_env.pop("FEEDSTORE_CONFIG", None)
     return subprocess.run([sys.executable, "-m", "feedstore", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1200)
 
 
 def test_generate_writes_contract_and_reports(tmp_path):
@@ -45,7 +45,7 @@ def test_data_dir_from_environment_and_default(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FEEDSTORE_DATA_DIR"}
     for args in (["generate", *SMALL, "--no-report"], ["validate"]):
         res = subprocess.run([sys.executable, "-m", "feedstore", *args], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300)
+                             env=env, capture_output=True, text=True, timeout=1200)
         assert res.returncode == 0, res.stderr
     assert (tmp_path / "data" / "raw" / "interactions").is_dir()  # default ./data, relative to the caller
     assert (tmp_path / "data" / "reports" / "data_docs" / "index.html").exists()

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from feedstore.duck import connect
+from feedstore.core.duck import connect
 from feedstore.plugins.fast_materialize import ENGINE_TYPE, encode_values
 
 ROOT = Path(__file__).resolve().parents[2]

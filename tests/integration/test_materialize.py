@@ -84,6 +84,9 @@ def test_daily_materialization_writes_only_changes_and_equals_a_full_one(stats_d
     assert late.entities["user_daily_stats"] > daily[-1].entities["user_daily_stats"]
     # (SQLite only: Feast's Redis store skips a row whose timestamp is not newer than the stored one, so corrected
     # rows of already-served stamps never reach Redis, whatever interval is materialized)
-    assert check_skew(cfg, "sqlite", sample=2_000).mismatches == []  # up to 1,000 pairs + random users x items
+    # up to 1,000 pairs + random users x items; the only values allowed to differ belong to entities the correction
+    # removed entirely (no row within the ttl any more): online stores never delete, a full load does not either
+    report = check_skew(cfg, "sqlite", sample=2_000, raise_on_mismatch=False)
+    assert all(m["offline"] is None for m in report.mismatches), report.mismatches[:3]
     # nothing changed since: nothing to write
     assert materialize_online(cfg, "sqlite", end=END).entities == {v.name: 0 for v in FEATURE_SPEC.views}

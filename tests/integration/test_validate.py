@@ -240,7 +240,7 @@ def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "feedstore", "--data-dir", str(data_dir), *args,
                            "--as-of", "2026-01-01"] if args and args[0] == "validate" else
                           [sys.executable, "-m", "feedstore", "--data-dir", str(data_dir), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=1200)
 
 
 def _one_line_error(res, *fragments):

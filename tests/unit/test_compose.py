@@ -16,16 +16,44 @@ def compose() -> dict:
 def test_services_ports_and_health_checks():
     services = compose()["services"]
     assert set(services) == {"redis", "postgres", "airflow", "feature-server", "ranking-server"}
-    assert "6379:6379" in services["redis"]["ports"] and "healthcheck" in services["redis"]
-    assert "healthcheck" in services["postgres"] and "5432:5432" in services["postgres"]["ports"]
-    assert "8080:8080" in services["airflow"]["ports"] and "6566:6566" in services["feature-server"]["ports"]
+    bind = "${FEEDSTORE_BIND:-127.0.0.1}"
+    assert f"{bind}:6379:6379" in services["redis"]["ports"] and "healthcheck" in services["redis"]
+    assert "healthcheck" in services["postgres"] and f"{bind}:5432:5432" in services["postgres"]["ports"]
+    assert f"{bind}:8080:8080" in services["airflow"]["ports"]
+    assert f"{bind}:6566:6566" in services["feature-server"]["ports"]
     assert any(v.startswith("redis-data:") for v in services["redis"]["volumes"])
-    assert "airflow standalone" in services["airflow"]["command"]
-    assert "feast -c feature_repo serve" in services["feature-server"]["command"]
+    assert "airflow standalone" in " ".join(services["airflow"]["command"])
+    assert "serve" in " ".join(services["feature-server"]["command"])
     ranking = services["ranking-server"]
-    assert "feedstore serve --online-store redis --host 0.0.0.0 --port 6567" in ranking["command"]
-    assert "'.[serve]'" in ranking["command"] and "6567:6567" in ranking["ports"]
-    assert "/ready" in " ".join(ranking["healthcheck"]["test"])
+    assert "feedstore serve --online-store redis --host 0.0.0.0 --port 6567" in " ".join(ranking["command"])
+    assert f"{bind}:6567:6567" in ranking["ports"] and "/ready" in " ".join(ranking["healthcheck"]["test"])
+
+
+def test_every_port_is_bound_to_loopback_by_default():
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${FEEDSTORE_BIND:-127.0.0.1}:"), (name, port)
+
+
+def test_services_are_built_from_the_project_image_not_installed_at_start():
+    services = compose()["services"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name in ("airflow", "feature-server", "ranking-server"):
+        target = services[name]["build"]["target"]
+        assert f" AS {target}" in dockerfile, name
+        assert "pip install" not in " ".join(services[name]["command"]), name
+    assert "requirements/demo.lock" in dockerfile and "requirements/test.lock" in dockerfile
+
+
+def test_secrets_come_from_the_environment_never_the_file():
+    text = (ROOT / "docker-compose.yaml").read_text()
+    services = compose()["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    assert "password=${REDIS_PASSWORD:?" in services["airflow"]["environment"]["REDIS_CONNECTION_STRING"]
+    literal = re.search(r"(?:PASSWORD|password)(?::\s+|=)(?![\"']?\$)[\"']?\w", text)
+    assert literal is None, f"a literal secret in docker-compose.yaml: {literal.group(0)}"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_environment_matches_the_repo():

@@ -42,3 +42,97 @@ def test_staged_dir_swaps_whole_directory(tmp_path):
         (stage / "new.parquet").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["interactions"]
+
+
+# ------------------------------------------------------------------------------------------ Publication
+
+def _publish(pub, files: dict[str, str]) -> None:
+    version = pub.begin()
+    for rel, text in files.items():
+        (version.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (version.path / rel).write_text(text)
+    version.publish()
+
+
+def _read(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_publication_switches_every_output_at_once(tmp_path):
+    from feedstore.core.io import Publication
+
+    pub = Publication(tmp_path, "validate", ("validated", "quarantine"))
+    _publish(pub, {"validated/a.parquet": "1", "quarantine/q.parquet": "1"})
+    _publish(pub, {"validated/a.parquet": "2", "quarantine/q.parquet": "2"})
+    assert _read(tmp_path / "validated") == {"a.parquet": "2"} and _read(tmp_path / "quarantine") == {"q.parquet": "2"}
+    assert (tmp_path / "validated").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".validate.versions", "quarantine", "validated"]
+    versions = [p for p in (tmp_path / ".validate.versions").iterdir() if p.name not in (".lock", "current")]
+    assert len(versions) == 2  # the published one and the previous one (readers may still be on it)
+
+
+def test_publication_abandoned_run_changes_nothing_and_is_cleaned_next_time(tmp_path):
+    from feedstore.core.io import Publication
+
+    pub = Publication(tmp_path, "stats", ("offline",))
+    _publish(pub, {"offline/v/date=2024-01-01/part-0.parquet": "old"})
+    killed = pub.begin()  # a run killed before its switch: no publish, no discard, lock released by the OS
+    (killed.path / "offline" / "v").mkdir(parents=True)
+    (killed.path / "offline" / "v" / "x.parquet").write_text("new")
+    killed._release()
+    assert _read(tmp_path / "offline") == {"v/date=2024-01-01/part-0.parquet": "old"}
+    assert not [p for p in (tmp_path / "offline").rglob("*") if p.name.startswith(".")]
+    _publish(pub, {"offline/v/date=2024-01-02/part-0.parquet": "next"})
+    assert not [p for p in (tmp_path / ".stats.versions").iterdir() if p.name.endswith(".staging")]
+
+
+def test_publication_replaces_a_real_folder_left_by_a_copy(tmp_path):
+    from feedstore.core.io import Publication
+
+    (tmp_path / "offline" / "v").mkdir(parents=True)
+    (tmp_path / "offline" / "v" / "old.parquet").write_text("legacy")
+    pub = Publication(tmp_path, "stats", ("offline",))
+    version = pub.begin()
+    from feedstore.core.io import link_tree
+
+    link_tree(pub.published("offline"), version.path / "offline")
+    version.publish()
+    assert (tmp_path / "offline").is_symlink()
+    assert _read(tmp_path / "offline") == {"v/old.parquet": "legacy"}
+
+
+def test_link_tree_skips_and_shares_files(tmp_path):
+    from feedstore.core.io import link_tree
+
+    src = tmp_path / "src"
+    (src / "date=1").mkdir(parents=True)
+    (src / "date=2").mkdir()
+    (src / "date=1" / "a").write_text("1")
+    (src / "date=2" / "b").write_text("2")
+    link_tree(src, tmp_path / "dst", skip=lambda rel: rel.parts[0] == "date=2")
+    assert _read(tmp_path / "dst") == {"date=1/a": "1"}
+    assert (tmp_path / "dst" / "date=1" / "a").stat().st_ino == (src / "date=1" / "a").stat().st_ino
+
+
+def test_publication_survives_a_copy_that_followed_the_links(tmp_path):
+    import shutil
+
+    from feedstore.core.io import Publication
+
+    src = tmp_path / "a"
+    _publish(Publication(src, "stats", ("offline",)), {"offline/v/x.parquet": "1"})
+    shutil.copytree(src, tmp_path / "b")  # symlinks=False: real folders everywhere, `current` too
+    pub = Publication(tmp_path / "b", "stats", ("offline",))
+    _publish(pub, {"offline/v/y.parquet": "2"})
+    assert (tmp_path / "b" / "offline").is_symlink() and _read(tmp_path / "b" / "offline") == {"v/y.parquet": "2"}
+    assert _read(src / "offline") == {"v/x.parquet": "1"}
+
+
+def test_clean_if_idle_removes_a_never_published_killed_run(tmp_path):
+    from feedstore.core.io import Publication
+
+    pub = Publication(tmp_path, "fp-x", ("fp-x",))
+    killed = pub.begin()
+    killed._release()
+    pub.clean_if_idle()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,158 @@
+"""The catalog of every path under the data dir: stages name what they read and write here, never build paths
+as strings of their own. `Catalog(data_dir)` resolves the root once (absolute), so a relative data dir, a
+changed working directory or a copied data dir all read their own files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from feedstore.core.io import Publication
+
+#: What each stage publishes as one unit (see `feedstore.core.io.Publication`): outputs under the data dir.
+STAGE_OUTPUTS = {"generate": ("raw",), "validate": ("validated", "quarantine"), "stats": ("offline",)}
+
+#: The offline feature tables (one hive-partitioned Parquet dataset each, `date=YYYY-MM-DD/`).
+PARTITION = "date"
+
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_version(version: str) -> str:
+    """A training-set version is one folder name under training/: letters, digits, `.`, `_`, `-` (no path)."""
+    from feedstore.core.errors import ConfigError
+
+    if not _VERSION.fullmatch(version or "") or ".." in version:
+        raise ConfigError(f"training-set version {version!r}: use letters, digits, '.', '_' and '-' only "
+                          "(a folder name under training/, not a path)")
+    return version
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Paths of one data dir."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        from feedstore.core.errors import ConfigError
+
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"data dir {self.root} is not a directory")
+
+    def publication(self, stage: str) -> Publication:
+        """How a stage's outputs are published together (versions, one atomic switch)."""
+        return Publication(self.root, stage, STAGE_OUTPUTS[stage])
+
+    def training_publication(self, version: str) -> Publication:
+        return Publication(self.training, check_version(version), (version,))
+
+    # ---- raw (generate)
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def raw_users(self) -> Path:
+        return self.raw / "users.parquet"
+
+    @property
+    def raw_items(self) -> Path:
+        return self.raw / "items.parquet"
+
+    @property
+    def raw_interactions(self) -> Path:
+        return self.raw / "interactions"
+
+    @property
+    def faults(self) -> Path:
+        return self.raw / "faults.json"
+
+    # ---- validated and quarantined (validate)
+    @property
+    def validated(self) -> Path:
+        return self.root / "validated"
+
+    @property
+    def validated_users(self) -> Path:
+        return self.validated / "users.parquet"
+
+    @property
+    def validated_items(self) -> Path:
+        return self.validated / "items.parquet"
+
+    @property
+    def validated_interactions(self) -> Path:
+        return self.validated / "interactions"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    # ---- offline feature tables (stats)
+    @property
+    def offline(self) -> Path:
+        return self.root / "offline"
+
+    def view(self, name: str) -> Path:
+        """The offline table of one feature view."""
+        return self.offline / name
+
+    def view_glob(self, name: str) -> Path:
+        """Every Parquet file of one feature view (what Feast's FileSource and DuckDB read)."""
+        return self.view(name) / "**" / "*.parquet"
+
+    @staticmethod
+    def partition(day: str) -> str:
+        """The partition folder name of a day (YYYY-MM-DD)."""
+        return f"{PARTITION}={day}"
+
+    # ---- training sets
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
+
+    def training_set(self, version: str) -> Path:
+        return self.training / check_version(version)
+
+    def published_training_set(self, version: str | None = None) -> Path:
+        """A published training set's folder (one with a manifest): `version`, or the newest one."""
+        from feedstore.core.errors import InputDataError
+
+        if version:
+            path = self.training_set(version)
+        else:
+            versions = sorted((p for p in self.training.glob("*") if (p / "manifest.json").exists()),
+                              key=lambda p: p.stat().st_mtime)
+            path = versions[-1] if versions else self.training
+        if not (path / "manifest.json").exists():
+            raise InputDataError(f"{path}: no training set there (run `feedstore training-set` first)")
+        return path
+
+    # ---- reports
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def realism_report(self) -> Path:
+        return self.reports / "realism.json"
+
+    @property
+    def validation_reports(self) -> Path:
+        return self.reports / "validation"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.reports / "data_docs"
+
+    # ---- Feast
+    @property
+    def feast(self) -> Path:
+        return self.root / "feast"
+
+    def registry(self, online_store: str) -> Path:
+        return self.feast / f"registry.{online_store}.db"

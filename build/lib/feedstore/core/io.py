@@ -1,0 +1,222 @@
+"""Atomic file and directory writes: a crash or Ctrl-C never leaves a half-written file for a later stage."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Parquet settings shared by every writer: deterministic bytes for the same table.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `target` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(table: pa.Table, target: Path) -> None:
+    """Write `table` to `target` atomically."""
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+
+
+def write_json(obj: Any, target: Path) -> None:
+    """Write `obj` as indented JSON to `target` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def replace_dir(src: Path | None, target: Path) -> None:
+    """Make `target` the directory `src` (or remove it if `src` is None): the old one is renamed aside first and
+    deleted last, so `target` is never half-written (src must be on the same filesystem)."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        os.replace(target, old)
+    if src is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it replaces `target` whole, on failure it is removed.
+
+    Readers see either the old directory or the complete new one, never a mix.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex[:8]}")
+    stage.mkdir()
+    try:
+        yield stage
+        replace_dir(stage, target)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- publishing
+
+#: Test hook: `FEEDSTORE_CRASH_AT=<stage>.publish` makes a stage SIGKILL itself at its publish step (after its new
+#: version is complete, before the switch), so tests can prove a killed run leaves the previous outputs intact.
+CRASH_ENV = "FEEDSTORE_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Kill this process (SIGKILL, no cleanup) if FEEDSTORE_CRASH_AT names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def link_tree(src: Path, dst: Path, skip: Callable[[Path], bool] = lambda rel: False) -> None:
+    """Hard-link every file under `src` into `dst` (same relative paths), except those whose relative path (or a
+    parent folder's) `skip` accepts. Files are never modified in place (writes are temp-and-rename), so versions can
+    share them; a filesystem without hard links gets copies."""
+    src = Path(os.path.realpath(src))
+    for folder, dirs, files in os.walk(src):
+        rel_dir = Path(folder).relative_to(src)
+        dirs[:] = [d for d in dirs if not skip(rel_dir / d)]
+        for f in files:
+            rel = rel_dir / f
+            if skip(rel):
+                continue
+            target = dst / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(Path(folder) / f, target)
+            except OSError:
+                shutil.copy2(Path(folder) / f, target)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """The outputs of one stage, published together, all at once or not at all.
+
+    Each output `<parent>/<name>` is a fixed relative symlink to `.<stage>.versions/current/<name>`; `current` is a
+    symlink to one complete version folder. A run builds its version in `.<stage>.versions/<id>.staging`, renames
+    it to `<id>`, then switches `current` with one atomic rename: readers (which resolve the path once) see the old
+    outputs or the new ones, never a mix. The previous version is kept for readers still on it; older ones and the
+    staging folders of killed runs are removed by the next run (which holds the stage's lock, so it never removes a
+    live run's staging). Nothing hidden ever appears inside an output folder, so a source glob such as Feast's
+    `offline/<view>/**/*.parquet` reads published rows only.
+    """
+
+    parent: Path
+    stage: str
+    outputs: tuple[str, ...]
+
+    @property
+    def versions(self) -> Path:
+        return self.parent / f".{self.stage}.versions"
+
+    def published(self, name: str) -> Path | None:
+        """The folder (or file) currently published as output `name`, resolved; None if there is none."""
+        path = self.parent / name
+        return Path(os.path.realpath(path)) if path.exists() else None
+
+    def begin(self) -> VersionStage:
+        """Lock the stage (a concurrent run of it waits), clean leftovers of killed runs, return a new empty
+        version to fill."""
+        self.versions.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.versions / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            self._clean(keep_previous=True)
+            self._link_outputs()
+            vid = f"{time.time_ns():x}-{os.getpid()}"
+            path = self.versions / f"{vid}.staging"
+            path.mkdir()
+        except BaseException:
+            os.close(fd)
+            raise
+        return VersionStage(self, vid, path, fd)
+
+    def _current(self) -> str | None:
+        link = self.versions / "current"
+        return os.readlink(link) if link.is_symlink() else None
+
+    def _clean(self, keep_previous: bool, previous: str | None = None) -> None:
+        """Remove staging folders and every version but the current one (and `previous`)."""
+        pointer = self.versions / "current"
+        if pointer.exists() and not pointer.is_symlink():  # a copy that followed the links: outputs are real folders
+            shutil.rmtree(pointer)
+        current = self._current()
+        for entry in self.versions.iterdir():
+            name = entry.name
+            if name in (".lock", "current", current) or (keep_previous and not name.endswith((".staging", ".trash"))
+                                                         and not name.startswith(".")) or name == previous:
+                continue
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _link_outputs(self) -> None:
+        """Make every output a symlink through `current` (replacing a real folder left by an older layout or a
+        copy that followed symlinks)."""
+        if self._current() is None:
+            return
+        for name in self.outputs:
+            link = self.parent / name
+            want = f"{self.versions.name}/current/{name}"
+            if link.is_symlink() and os.readlink(link) == want:
+                continue
+            if link.exists() and not link.is_symlink():
+                os.replace(link, self.versions / f"{name}-{uuid.uuid4().hex[:8]}.trash")
+            tmp = self.parent / f".{name}.link-{uuid.uuid4().hex[:8]}"
+            os.symlink(want, tmp)
+            os.replace(tmp, link)
+
+
+@dataclass
+class VersionStage:
+    """A version being built (`path`); `publish()` switches to it, `discard()` drops it. Holds the stage lock."""
+
+    publication: Publication
+    vid: str
+    path: Path
+    _fd: int | None
+
+    def publish(self) -> None:
+        pub = self.publication
+        crash_point(f"{pub.stage}.publish")
+        final = pub.versions / self.vid
+        os.replace(self.path, final)
+        self.path = final
+        previous = pub._current()
+        tmp = pub.versions / f".current-{self.vid}"
+        os.symlink(self.vid, tmp)
+        os.replace(tmp, pub.versions / "current")  # the one atomic switch
+        pub._link_outputs()
+        pub._clean(keep_previous=False, previous=previous)
+        self._release()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,2 @@
+"""Stage: generate raw feed events, validate them (GX), and compute timestamped statistics into offline Parquet
+(installed as `feedstore.ingestion`)."""

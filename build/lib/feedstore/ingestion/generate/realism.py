@@ -1,0 +1,221 @@
+"""Realism report: each data pattern the generator promises, its target, and the value measured on the files.
+
+Measured with DuckDB straight from `<data-dir>/raw/`, so it checks what was written (at any scale), not what
+the generator meant to write.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from feedstore.core import duck
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import GenerationConfig
+from feedstore.core.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    pattern: str
+    metric: str
+    target: str
+    measured: float
+    ok: bool
+
+
+def _band(pattern: str, metric: str, value: float, band: tuple[float, float]) -> Check:
+    lo, hi = band
+    return Check(pattern, metric, f"[{lo:g}, {hi:g}]", round(float(value), 4), bool(lo <= value <= hi))
+
+
+def _cmp(pattern: str, metric: str, value: float, op: str, ref: float) -> Check:
+    ok = {">": value > ref, "<": value < ref, "==": value == ref, ">=": value >= ref, "<=": value <= ref}[op]
+    return Check(pattern, metric, f"{op} {ref:g}", round(float(value), 4), bool(ok))
+
+
+def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
+    """Measure every pattern on the files under `<data_dir>/raw/`."""
+    con = duck.connect()
+    glob = str(Catalog(data_dir).raw_interactions / "**" / "*.parquet")
+    con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet({duck.literal(Catalog(data_dir).raw_users)})")
+    con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet({duck.literal(Catalog(data_dir).raw_items)})")
+    # faulty rows (--inject-faults) may name unknown users or items: the patterns are measured on the rest
+    con.execute(f"""CREATE VIEW ev AS SELECT * FROM read_parquet({duck.literal(glob)}, hive_partitioning = false)
+                    WHERE user_id IN (SELECT user_id FROM users) AND item_id IN (SELECT item_id FROM items)""")
+    q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+    one = lambda sql: q(sql)[0][0]  # noqa: E731
+    t = cfg.realism_targets
+    checks: list[Check] = []
+    start, end = cfg.start_ts.isoformat(), cfg.end_ts.isoformat()
+
+    n_events = one("SELECT count(*) FROM ev")
+    n_users = one("SELECT count(*) FROM users")
+    n_items = one("SELECT count(*) FROM items")
+    if n_events == 0:
+        return [_cmp("volume", "interactions", 0, ">", 0)]
+
+    # --- power-law user activity
+    per_user = np.array(
+        [r[0] for r in q("SELECT count(*) FROM ev GROUP BY user_id ORDER BY 1 DESC")], dtype=np.float64
+    )
+    padded = np.concatenate([per_user, np.zeros(max(n_users - len(per_user), 0))])
+    top1 = padded[: max(1, math.ceil(0.01 * n_users))].sum() / n_events
+    top10 = padded[: max(1, math.ceil(0.10 * n_users))].sum() / n_events
+    checks.append(_band("power-law activity", "share of events by top 1% of users", top1, t.top1_user_share))
+    checks.append(_band("power-law activity", "share of events by top 10% of users", top10, t.top10_user_share))
+
+    # --- temporal patterns
+    hours = dict(q("SELECT hour(event_timestamp), count(*) FROM ev GROUP BY 1"))
+    hourly = np.array([hours.get(h, 0) for h in range(24)], dtype=np.float64)
+    peak, trough = int(hourly.argmax()), int(hourly.argmin())
+    checks.append(_band("diurnal curve", "peak-hour / trough-hour volume", hourly[peak] / max(hourly[trough], 1),
+                        t.peak_to_trough_hour_ratio))
+    checks.append(_cmp("diurnal curve", "peak hour (UTC) is in the evening, 17-23", peak, ">=", 17))
+    checks.append(_cmp("diurnal curve", "trough hour (UTC) is at night, before 07", trough, "<", 7))
+    wk = q(f"""
+        WITH days AS (SELECT d::DATE AS d FROM range(TIMESTAMP '{cfg.start}', TIMESTAMP '{cfg.end}' + INTERVAL 1 DAY,
+                                                     INTERVAL 1 DAY) r(d)),
+             per_day AS (SELECT CAST(event_timestamp AS DATE) AS d, count(*) AS n FROM ev GROUP BY 1)
+        SELECT avg(CASE WHEN isodow(days.d) >= 6 THEN coalesce(n, 0) END),
+               avg(CASE WHEN isodow(days.d) < 6 THEN coalesce(n, 0) END)
+        FROM days LEFT JOIN per_day USING (d)""")[0]
+    if wk[0] is not None and wk[1]:
+        checks.append(_band("weekly cycle", "events per weekend day / per weekday", wk[0] / wk[1],
+                            t.weekend_to_weekday_volume))
+    ev_ctr, rest_ctr = q("""SELECT avg(click) FILTER (WHERE hour(event_timestamp) BETWEEN 17 AND 21),
+                                   avg(click) FILTER (WHERE hour(event_timestamp) NOT BETWEEN 17 AND 21) FROM ev""")[0]
+    if ev_ctr is not None and rest_ctr:
+        checks.append(_cmp("more engagement in evenings", "CTR 17-22h / CTR other hours", ev_ctr / rest_ctr, ">", 1.0))
+    we_ctr, wd_ctr = q("""SELECT avg(click) FILTER (WHERE isodow(event_timestamp) >= 6),
+                                 avg(click) FILTER (WHERE isodow(event_timestamp) < 6) FROM ev""")[0]
+    if we_ctr is not None and wd_ctr:
+        checks.append(_cmp("more engagement on weekends", "CTR weekend / CTR weekday", we_ctr / wd_ctr, ">", 1.0))
+
+    # --- cold start and time integrity
+    checks.append(_cmp("no event before its user's signup", "events before signup",
+                       one("SELECT count(*) FROM ev JOIN users USING (user_id) "
+                           "WHERE event_timestamp < signup_date"), "==", 0))
+    checks.append(_cmp("no event before its item's creation", "events before creation",
+                       one("SELECT count(*) FROM ev JOIN items USING (item_id) "
+                           "WHERE event_timestamp < creation_date"), "==", 0))
+    checks.append(_cmp("events inside the date range", "events outside [start, end]",
+                       one(f"SELECT count(*) FROM ev WHERE event_timestamp < TIMESTAMPTZ '{start}' "
+                           f"OR event_timestamp >= TIMESTAMPTZ '{end}'"), "==", 0))
+    users_with = one("SELECT count(DISTINCT user_id) FROM ev")
+    items_with = one("SELECT count(DISTINCT item_id) FROM ev")
+    checks.append(_band("cold start", "share of users with no events", 1 - users_with / n_users,
+                        t.users_without_events))
+    checks.append(_band("cold start", "share of items with no events", 1 - items_with / n_items,
+                        t.items_without_events))
+    checks.append(_cmp("cold start", "share of users signing up during the range",
+                       one(f"SELECT avg((signup_date >= TIMESTAMPTZ '{start}')::INT) FROM users"), ">", 0))
+    checks.append(_cmp("cold start", "share of items published during the range",
+                       one(f"SELECT avg((creation_date >= TIMESTAMPTZ '{start}')::INT) FROM items"), ">", 0))
+
+    # --- preferences and their drift
+    n_c = cfg.preferences.categories
+    own = one("SELECT avg((i.category = u.preferred_category)::INT) FROM ev "
+              "JOIN users u USING (user_id) JOIN items i USING (item_id)")
+    checks.append(_cmp("category preferences", "share of impressions in the user's preferred category",
+                       own, ">", 1.0 / n_c))
+    mid = cfg.start_ts + (cfg.end_ts - cfg.start_ts) / 2
+    stable = one(f"""
+        WITH c AS (SELECT user_id, (event_timestamp >= TIMESTAMPTZ '{mid.isoformat()}')::INT AS half, category,
+                          count(*) AS n
+                   FROM ev JOIN items USING (item_id) GROUP BY ALL),
+             top AS (SELECT user_id, half, arg_max(category, n) AS cat, sum(n) AS total FROM c GROUP BY ALL)
+        SELECT avg((a.cat = b.cat)::INT) FROM top a JOIN top b USING (user_id)
+        WHERE a.half = 0 AND b.half = 1 AND a.total >= 20 AND b.total >= 20""")
+    if stable is not None:
+        checks.append(_band("preferences drift slowly",
+                             "users whose top category is the same in both halves (>= 20 events each)",
+                             stable, (0.5, 0.99 if cfg.preferences.drift > 0 else 1.0)))
+
+    # --- recency and lifecycle
+    ages = dict(q(f"""SELECT floor(epoch(event_timestamp - creation_date) / 86400)::INT AS a, count(*)
+                      FROM ev JOIN items USING (item_id)
+                      WHERE creation_date < TIMESTAMPTZ '{end}' - INTERVAL 30 DAY
+                        AND creation_date >= TIMESTAMPTZ '{start}' GROUP BY 1"""))
+    hl = cfg.items_model.half_life_days
+    span = [a for a in range(int(max(1, min(10, 3 * hl)))) if ages.get(a, 0) > 0]
+    if len(span) >= 2:
+        slope = np.polyfit(span, np.log2([ages[a] for a in span]), 1)[0]
+        measured_hl = -1 / slope if slope < 0 else float("inf")
+        checks.append(_band("lifecycle: viral phase then decay", "measured exposure half-life (days)",
+                            measured_hl, (hl / 2, hl * 2)))
+    young = one("SELECT avg((event_timestamp - creation_date < INTERVAL 7 DAY)::INT) "
+                "FROM ev JOIN items USING (item_id)")
+    created_7d_share = 7 / max(cfg.n_days, 7)
+    checks.append(_cmp("recency bias", "share of impressions on items < 7 days old", young, ">", created_7d_share))
+
+    # --- popularity, quality, categories
+    exposures = np.array([r[0] for r in q("SELECT count(*) FROM ev GROUP BY item_id ORDER BY 1")], dtype=np.float64)
+    exposures = np.concatenate([np.zeros(max(n_items - len(exposures), 0)), exposures])
+    gini = 1 - 2 * np.sum(np.cumsum(exposures) / exposures.sum()) / n_items + 1 / n_items
+    checks.append(_cmp("popularity bias", "Gini of item exposure", gini, ">", 0.5))
+    top_q, bottom_q = q("""WITH r AS (SELECT click, ntile(4) OVER (ORDER BY base_quality) AS qt
+                                      FROM ev JOIN items USING (item_id))
+                           SELECT avg(click) FILTER (WHERE qt = 4), avg(click) FILTER (WHERE qt = 1) FROM r""")[0]
+    checks.append(_cmp("quality drives engagement", "CTR top / bottom quality quartile", top_q / max(bottom_q, 1e-9),
+                       ">", 1.2))
+    cat_ctr = [r[0] for r in q("SELECT avg(click) FROM ev JOIN items USING (item_id) GROUP BY category")]
+    if len(cat_ctr) > 1 and cfg.items_model.category_ctr_spread > 0:
+        checks.append(_cmp("content variety", "CTR of best / worst category", max(cat_ctr) / max(min(cat_ctr), 1e-9),
+                           ">", 1.1))
+
+    # --- signals and rates
+    ctr, like_rate, share_like, share_nolike = q("""
+        SELECT avg(click), avg("like"),
+               avg(share) FILTER (WHERE "like" = 1), avg(share) FILTER (WHERE click = 1 AND "like" = 0) FROM ev""")[0]
+    checks.append(_band("rates", "CTR (clicks / impressions)", ctr, t.ctr))
+    checks.append(_band("rates", "like rate (likes / impressions)", like_rate, t.like_rate))
+    checks.append(_cmp("signals", "likes or shares without a click",
+                       one('SELECT count(*) FROM ev WHERE click = 0 AND ("like" = 1 OR share = 1)'), "==", 0))
+    if share_like is not None and share_nolike:
+        checks.append(_cmp("signals", "P(share | like) / P(share | click, no like)", share_like / share_nolike, ">", 1))
+    checks.append(_cmp("signals", "skip rate (impressions without click)", 1 - ctr, ">", 0.5))
+    d_med, d_mean, d_max, d_hi, d_lo = q("""
+        WITH c AS (SELECT dwell_time, ntile(3) OVER (ORDER BY base_quality) AS qt
+                   FROM ev JOIN items USING (item_id) WHERE click = 1)
+        SELECT median(dwell_time), avg(dwell_time), max(dwell_time),
+               avg(dwell_time) FILTER (WHERE qt = 3), avg(dwell_time) FILTER (WHERE qt = 1) FROM c""")[0]
+    if d_med is not None:
+        checks.append(_cmp("dwell time: heavy tail", "mean / median dwell of clicks", d_mean / d_med, ">", 1.2))
+        checks.append(_cmp("dwell time: capped", "max dwell (s)", d_max, "<=", cfg.engagement.dwell_cap_seconds))
+        checks.append(_cmp("dwell time: longer for better content", "mean dwell top / bottom quality tertile",
+                           d_hi / d_lo, ">", 1.1))
+    checks.append(_cmp("signals", "dwell > 0 exactly when clicked (violations)",
+                       one("SELECT count(*) FROM ev WHERE (dwell_time > 0) <> (click = 1)"), "==", 0))
+    return checks
+
+
+def write_report(data_dir: Path, cfg: GenerationConfig) -> dict:
+    """Measure, write `<data_dir>/reports/realism.json`, log a readable table; return the report."""
+    checks = measure(data_dir, cfg)
+    report = {
+        "data_dir": str(data_dir),
+        "seed": cfg.seed,
+        "passed": sum(c.ok for c in checks),
+        "failed": sum(not c.ok for c in checks),
+        "checks": [asdict(c) for c in checks],
+    }
+    path = Catalog(data_dir).realism_report
+    write_json(report, path)
+    log.info("realism report (%d/%d within target) -> %s\n%s", report["passed"], len(checks), path,
+             format_table(checks))
+    return report
+
+
+def format_table(checks: list[Check]) -> str:
+    rows = [("pattern", "metric", "target", "measured", "")] + [
+        (c.pattern, c.metric, c.target, f"{c.measured:g}", "ok" if c.ok else "MISS") for c in checks
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)

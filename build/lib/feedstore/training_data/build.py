@@ -1,0 +1,325 @@
+"""Point-in-time training sets: validated impressions -> get_historical_features(feed_ranking_v1) -> time splits.
+
+Output, under `<data-dir>/training/<version>/` (version: given, or a fingerprint of the inputs and config, so a
+rebuild of the same inputs lands in the same place):
+
+* `train.parquet`, `val.parquet`, `test.parquet`: one row per validated impression (in event-time order, then
+  interaction_id), its labels (click; like, share, dwell_time as extra labels), request context and every
+  feature of the service; null where no feature row existed within ttl (cold start);
+* `preprocessor.joblib`: scikit-learn imputer + scaler fitted on train only (evaluate applies it to val, test);
+* `manifest.json`: counts, time ranges and CTR per split, features and dtypes, fingerprint, timings;
+* `report/feature_report.json` + `report/index.html` + PNGs: per split and feature null rate, mean, std,
+  quantiles, and the population stability index train -> val and train -> test.
+
+The build is staged: `build_training_set` writes everything into a staging folder and feeds each batch to its
+observers (the GX gate, `gate.py`); the runner finishes the gate and only then publishes the set
+(`StagedTrainingSet.publish`), so a set that fails its gate is never visible.
+
+The build streams (`splits.batch_rows` rows at a time): the entity rows stay a DuckDB query that the offline
+store runs, and each batch of joined rows feeds the split files, the gate and the report before the next is
+read, so 10M rows need no more memory than 1M.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from feedstore.core import duck
+from feedstore.core.catalog import Catalog
+from feedstore.core.config import PipelineConfig
+from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
+from feedstore.core.errors import FeedstoreError, InputDataError
+from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
+from feedstore.core.spec import FEATURE_SPEC
+from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
+
+log = logging.getLogger(__name__)
+
+
+
+
+def entity_query(cfg: PipelineConfig, start=None, end=None) -> str:
+    """Validated impressions as the entity rows, in the documented order (event_timestamp, interaction_id): a
+    DuckDB query that the offline store runs itself, so the rows never have to fit in Python."""
+    glob = Catalog(cfg.data_dir).validated_interactions
+    if not glob.exists():
+        raise InputDataError(f"{glob}: not found (run `feedstore validate` first)")
+    where = []
+    if start:
+        where.append(f"event_timestamp >= TIMESTAMPTZ '{start.isoformat()}'")
+    if end:
+        where.append(f"event_timestamp < TIMESTAMPTZ '{(end + timedelta(days=1)).isoformat()}'")
+    return f"""
+        SELECT interaction_id, user_id, item_id, event_timestamp, event_timestamp AS request_ts, device,
+               click, "like", share, dwell_time
+        FROM read_parquet({duck.literal(str(glob.resolve()) + '/**/*.parquet')}, hive_partitioning = false)
+        {('WHERE ' + ' AND '.join(where)) if where else ''}
+        ORDER BY event_timestamp, interaction_id"""
+
+
+def entity_timestamps(query: str) -> np.ndarray:
+    """The entity rows' event timestamps as int64 UTC microseconds (8 bytes a row: for the split cuts)."""
+    us = duck.connect().execute(f"SELECT epoch_us(event_timestamp) AS us FROM ({query})").fetchnumpy()["us"]
+    return np.asarray(us, dtype=np.int64)
+
+
+def fingerprint(cfg: PipelineConfig, store) -> str:
+    """Hash of what determines the training set: the input files' names and contents (the stages write
+    byte-identical files for the same inputs and config), the config, the service definition."""
+    h = hashlib.sha256()
+    base = Path(cfg.data_dir).resolve()
+    for folder in ("validated/interactions", "offline"):
+        root = (base / folder).resolve()  # the published version, resolved once
+        for p in sorted(root.rglob("*.parquet")):
+            h.update(f"{folder}/{p.relative_to(root)}:".encode())
+            with p.open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    # batch_rows changes how the set is built, not what it contains
+    h.update(cfg.model_dump_json(exclude={"data_dir": True, "log_level": True, "splits": {"batch_rows"}}).encode())
+    service = store.get_feature_service(FEATURE_SERVICE)
+    for proj in service.feature_view_projections:
+        h.update(f"{proj.name}:{','.join(f.name for f in proj.features)}".encode())
+    return h.hexdigest()[:12]
+
+
+
+
+
+
+
+
+
+
+
+
+@dataclass(frozen=True)
+class TrainingSetResult:
+    path: Path
+    version: str
+    rows: dict[str, int]
+    manifest: dict[str, Any]
+
+
+def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, version: str | None = None,
+                       start=None, end=None, report_plots: bool = True,
+                       observers: Sequence[BatchObserver] = ()) -> StagedTrainingSet:
+    """Stage `training-set`: build a training set into a staging folder and return it unpublished; every batch of
+    joined rows (with the matched feature timestamps) also goes to `observers.add(batch, split_labels)` (the
+    gate). The caller finishes its gate, then `publish()`es (or the staging folder is removed on exit).
+
+    Streams: the entity rows stay a DuckDB query, get_historical_features is read `splits.batch_rows` rows at a
+    time, and each batch feeds the split files, the gate and the report before the next one is read. Memory
+    follows the batch size, plus ~90 bytes per entity row (DuckDB keeps the rows to number them; the split cuts
+    need their timestamps) and the report's fixed-size samples.
+    """
+    from feast.errors import FeastError
+
+    from feedstore.core.feast_repo import feature_store
+    from feedstore.plugins.asof_duckdb import FEATURE_TS_PREFIX, EntityDataFrameError
+    from feedstore.training_data.report import FeatureSummary, feature_report
+
+    t0 = time.perf_counter()
+    if version is not None:
+        Catalog(cfg.data_dir).training_set(version)  # a bad name fails before any work
+    cat = Catalog(cfg.data_dir)
+    empty = [v.name for v in FEATURE_SPEC.views if not any(cat.view(v.name).glob("*/*.parquet"))]
+    if empty:
+        raise InputDataError(f"{cat.offline}: no offline statistics for {', '.join(empty)} "
+                             "(run `feedstore stats` first)")
+    store = feature_store(cfg, online_store or cfg.serving.online_store)
+    try:
+        service = store.get_feature_service(FEATURE_SERVICE)
+    except Exception as e:  # feast raises FeatureServiceNotFoundException
+        raise FeedstoreError(f"feature service {FEATURE_SERVICE!r} not found in the registry ({e})") from None
+    query = entity_query(cfg, start, end)
+    us = np.sort(entity_timestamps(query))
+    if not len(us):
+        raise InputDataError(f"{Catalog(cfg.data_dir).validated_interactions}: no validated "
+                             "interactions in the selected range")
+    cuts = time_cuts(us, cfg)
+    expected = pd.Series(label_rows(us, cuts, cfg)).value_counts().reindex([*TRAINING_SPLITS, "gap"], fill_value=0)
+    fp = fingerprint(cfg, store)
+    version = version or f"fp-{fp}"
+    try:
+        job = store.get_historical_features(entity_df=query, features=service)
+    except (EntityDataFrameError, FeastError) as e:  # e.g. a request field or join key missing from the rows
+        raise FeedstoreError(f"get_historical_features: {str(e).splitlines()[0]}") from None
+
+    out = Catalog(cfg.data_dir).training_set(version)
+    pending = Catalog(cfg.data_dir).training_publication(version).begin()
+    stage = pending.path / version
+    stage.mkdir(parents=True)
+    writers: dict[str, Any] = {}
+    try:
+        import pyarrow.parquet as pq
+
+        retrieval_s, rows_out, summary = 0.0, 0, None
+        dtypes: dict[str, str] = {}
+        numeric: list[str] = []
+        totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in TRAINING_SPLITS}
+        batches = job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True)
+        while True:
+            t1 = time.perf_counter()
+            table = next(batches, None)
+            retrieval_s += time.perf_counter() - t1
+            if table is None:
+                break
+            stamps = table.column("event_timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            label = label_rows(stamps.to_numpy(), cuts, cfg)
+            rows_out += table.num_rows
+            public = table.select([c for c in table.column_names if not c.startswith(FEATURE_TS_PREFIX)])
+            if summary is None:  # first batch: the feature columns and their types (the same in every batch)
+                features = [c for c in public.column_names if c not in TRAINING_KEYS + TRAINING_LABELS]
+                dtypes = {c: str(public.schema.field(c).type) for c in features}
+                numeric = [c for c in features if _is_numeric(public.schema.field(c).type)]
+                summary = FeatureSummary(numeric, {n: int(expected[n]) for n in TRAINING_SPLITS})
+            for observer in observers:
+                observer.add(table, label)
+            for name in TRAINING_SPLITS:
+                mask = label == name
+                if not mask.any():
+                    continue
+                part = public.filter(pa.array(mask))
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(stage / f"{name}.parquet", public.schema, **PARQUET_OPTIONS)
+                writers[name].write_table(part)
+                summary.add(name, part)
+                _add_totals(totals[name], part)
+        if rows_out != len(us):
+            raise FeedstoreError(f"get_historical_features returned {rows_out} rows for {len(us)} entity rows")
+        for name in TRAINING_SPLITS:  # a split with no rows still gets its (empty) file
+            if name in writers:
+                writers.pop(name).close()
+            else:
+                pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
+        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)
+        report = feature_report(summary, stage / "report", plots=report_plots)
+        manifest = {
+            "version": version,
+            "fingerprint": fp,
+            "feature_service": FEATURE_SERVICE,
+            "entity_rows": int(len(us)),
+            "rows": {n: totals[n]["rows"] for n in TRAINING_SPLITS},
+            "dropped_in_gaps": int(expected["gap"]),
+            "cuts": describe_cuts(cuts, cfg),
+            "splits": {n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
+            "labels": TRAINING_LABELS,
+            "features": dtypes,
+            "numeric_features": numeric,
+            # preprocessor.joblib is a pickle: `evaluate` loads it only if its bytes still hash to this
+            "preprocessor_sha256": preprocessor_sha256,
+            "row_order": "event_timestamp, then interaction_id (one row per validated impression)",
+            "psi": report["psi"],
+            "batch_rows": cfg.splits.batch_rows,
+            "timings_seconds": {"get_historical_features": round(retrieval_s, 3),
+                                "total": round(time.perf_counter() - t0, 3)},
+            "built_from": str(Catalog(cfg.data_dir).root),
+        }
+        write_json(manifest, stage / "manifest.json")
+    except BaseException:
+        pending.discard()
+        raise
+    finally:
+        for w in writers.values():
+            w.close()
+    log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
+             time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
+    return StagedTrainingSet(stage, out, version, manifest, pending)
+
+
+class BatchObserver(Protocol):
+    """Sees every batch of joined rows of a build (e.g. the training-set gate)."""
+
+    def add(self, table: pa.Table, split: np.ndarray) -> None: ...
+
+
+@dataclass
+class StagedTrainingSet:
+    """A built, unpublished training set: `publish()` makes it visible at once; leaving the `with` block without
+    publishing (a failed gate) removes it."""
+
+    stage: Path
+    out: Path
+    version: str
+    manifest: dict[str, Any]
+    pending: VersionStage
+    published: bool = False
+
+    def publish(self) -> TrainingSetResult:
+        """Switch `training/<version>/` to the staged set (one atomic step)."""
+        self.pending.publish()
+        self.published = True
+        log.info("training set %s -> %s; report %s", self.version, self.out, self.out / "report" / "index.html")
+        for name, s in self.manifest["splits"].items():
+            log.info("  %-5s %s .. %s  CTR %.4f", name, s["min_event_timestamp"], s["max_event_timestamp"],
+                     s["ctr"] or 0)
+        return TrainingSetResult(self.out, self.version, self.manifest["rows"], self.manifest)
+
+    def discard(self) -> None:
+        self.pending.discard()
+
+    def __enter__(self) -> StagedTrainingSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.published:
+            self.discard()
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _add_totals(acc: dict[str, Any], part: pa.Table) -> None:
+    import pyarrow.compute as pc
+
+    acc["rows"] += part.num_rows
+    lo, hi = (v.as_py() for v in pc.min_max(part.column("event_timestamp")).values())
+    acc["min"] = lo if acc["min"] is None else min(acc["min"], lo)
+    acc["max"] = hi if acc["max"] is None else max(acc["max"], hi)
+    acc["click"] += int(pc.sum(part.column("click")).as_py() or 0)
+    acc["like"] += int(pc.sum(part.column("like")).as_py() or 0)
+
+
+def _split_summary(acc: dict[str, Any]) -> dict[str, Any]:
+    n = acc["rows"]
+    if not n:
+        return {"rows": 0, "min_event_timestamp": None, "max_event_timestamp": None, "ctr": None}
+    return {"rows": n, "min_event_timestamp": acc["min"].isoformat(), "max_event_timestamp": acc["max"].isoformat(),
+            "ctr": acc["click"] / n, "like_rate": acc["like"] / n}
+
+
+def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> str:
+    """Median imputer + standard scaler fitted on train only (the report's fixed sample of ~200K train rows, all
+    of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test)."""
+    import joblib
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                     ("scale", StandardScaler())])
+    pipe.fit(train[numeric].astype(np.float64))
+    pipe.feature_names_ = numeric
+    joblib.dump(pipe, out / "preprocessor.joblib")
+    return file_sha256(out / "preprocessor.joblib")
+
+
+def file_sha256(path: Path) -> str:
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_split(path: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(Path(path) / f"{name}.parquet")
