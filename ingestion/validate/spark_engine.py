@@ -46,6 +46,7 @@ from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SC
 from feedstore.core.docs import run_record
 from feedstore.core.errors import InputDataError, ValidationFailed
 from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, _notes, summary_table
+from feedstore.core.io import write_parquet
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, quarantine_mask
 from feedstore.ingestion.validate.reading import Partition, discover_partitions, read_contract_table
@@ -295,6 +296,10 @@ def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: Pipe
                                                                                        "left").cache()
     clean = marked.where(F.col("_reason").isNull())
     _write_days(clean.select(*columns, "date", ROW_ID), stage / "validated" / "interactions")
+    for p in parts:  # a day whose rows were all quarantined still gets its (empty) validated file, as on DuckDB
+        empty = stage / "validated" / "interactions" / f"date={p.day}"
+        if not empty.exists():
+            write_parquet(INTERACTIONS_SCHEMA.empty_table(), empty / "part-0.parquet")
     if n_bad:
         _write_days(marked.where(F.col("_reason").isNotNull())
                     .select(*columns, "_reason", "_source_file", "_source_row", "date", ROW_ID),
