@@ -361,8 +361,8 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
              "on Spark", f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
     spark = get_spark(cfg.spark)
 
-    stage = data_dir / f".validate-staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    version = cat.publication("validate").begin()
+    stage = version.path
     try:
         runner = SparkGXRunner(cat.data_docs, example_rows=v.example_rows, history=v.docs_history)
         users_res, users = _validate_entity(spark, runner, "users", cat.raw_users, USERS_SCHEMA, "user_id",
@@ -375,9 +375,10 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         passed = not failures
         reports = _write_reports(data_dir, tables, passed, failures, as_of, [p.day for p in parts])
         docs = runner.build_docs()
-        _publish(data_dir, stage, [p.day for p in parts], publish_validated=passed)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        _publish(version, [p.day for p in parts], publish_validated=passed)
+    except BaseException:
+        version.discard()
+        raise
 
     for name, res in tables.items():
         log.info("validation summary for %s: %s rows in = %s validated + %s quarantined (%.3f%%)\n%s", name,
