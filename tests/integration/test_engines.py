@@ -89,7 +89,8 @@ def spark_stats(stats_data, spark, tmp_path_factory) -> Path:
     config = d / "pipeline.yaml"
     config.write_text(cfg.model_dump_json())  # JSON is YAML
     with pytest.raises(SystemExit) as done:
-        main(["--config", str(config), "--engine", "spark", "stats"])
+        main(["--config", str(config), "--data-dir", str(d), "--engine", "spark", "stats"])  # the flag beats a
+        # FEEDSTORE_DATA_DIR an earlier in-process Feast test may have left in the environment
     assert done.value.code == 0
     return d
 
