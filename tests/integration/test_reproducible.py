@@ -24,11 +24,16 @@ def run_stages(data: Path) -> None:
 
 
 def parquet_digests(data: Path) -> dict[str, str]:
+    """sha256 of every published Parquet file, by the path a reader uses (through the publication links; the hidden
+    version folders behind them are named per run and are not what readers see)."""
     out = {}
     for folder in ("validated", "offline", "training"):
         root = data / folder
-        for p in sorted(root.rglob("*.parquet")):
-            out[f"{folder}/{p.relative_to(root)}"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        for dirpath, dirnames, files in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(f for f in files if f.endswith(".parquet")):
+                p = Path(dirpath) / name
+                out[f"{folder}/{p.relative_to(root)}"] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
