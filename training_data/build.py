@@ -41,7 +41,6 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
 from feedstore.core.errors import FeedstoreError, InputDataError
 from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
-from feedstore.core.prefetch import prefetch
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
@@ -158,12 +157,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     except (EntityDataFrameError, FeastError) as e:  # e.g. a request field or join key missing from the rows
         raise FeedstoreError(f"get_historical_features: {str(e).splitlines()[0]}") from None
 
-    # what the end of the build needs (the gate's GX, the report's plots, the preprocessor), imported while
-    # DuckDB runs the joins (started after this function's own imports: core/prefetch.py)
     import pyarrow.parquet  # noqa: F401
 
-    prefetch("great_expectations", "matplotlib.pyplot", "sklearn.pipeline", "sklearn.impute", "sklearn.preprocessing",
-             "joblib")
     out = Catalog(cfg.data_dir).training_set(version)
     for other in Catalog(cfg.data_dir).training.glob(".*.versions"):  # leftovers of killed builds of other versions
         name = other.name[1:].removesuffix(".versions")

@@ -110,9 +110,6 @@ class GXRunner:
     """One ephemeral GX context per stage run; validates DataFrames and builds Data Docs."""
 
     def __init__(self, docs_dir: Path | None = None, example_rows: int = 5, history: int = 20):
-        from feedstore.core.prefetch import wait
-
-        wait("great_expectations")  # if a stage started importing it in the background (core/prefetch.py)
         import great_expectations as gx
 
         from feedstore.core import gx_fast

@@ -84,10 +84,8 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     On DuckDB: without `start` a full recompute (through `end`); with it, the incremental update of days
     [start, end] from those days' events, the stored tiles and the lifetime state. On Spark (`engine: spark`):
     the spec compiled to Spark, recomputing the days from the whole history (tiles on Spark are not persisted yet)."""
-    from feedstore.core.prefetch import prefetch
     from feedstore.ingestion.stats.gate import validate_stats as gate
 
-    prefetch("great_expectations")  # for the gate, imported while DuckDB and the writers compute the statistics
     t0 = time.perf_counter()
     if cfg.engine == "spark":
         from feedstore.ingestion.stats.spark_engine import compute_stats as on_spark

@@ -20,7 +20,6 @@ from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SC
 from feedstore.core.errors import InputDataError, ValidationFailed
 from feedstore.core.gx import GXRunner, summary_table
 from feedstore.core.io import VersionStage, link_tree, write_parquet
-from feedstore.core.prefetch import prefetch
 from feedstore.core.progress import Progress
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, _quarantine_table, quarantine_mask
@@ -69,7 +68,6 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
     log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations",
              f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
     # GX is imported while DuckDB finds the repeated keys across files (GIL-free work that needs no GX)
-    prefetch("great_expectations")
     repeats = _non_first_rows([f for p in parts for f in p.files])
     version = Catalog(data_dir).publication("validate").begin()
     stage = version.path
