@@ -132,7 +132,7 @@ def main() -> None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     out = args.out / "http"
     out.mkdir(parents=True, exist_ok=True)
-    data = args.data or out / "data"
+    data = (args.data or out / "data").resolve()  # absolute: feast serve runs in the repo folder
     env = {**os.environ, "FEEDSTORE_DATA_DIR": str(data)}
     env.pop("FEEDSTORE_CONFIG", None)
     load = os.getloadavg()

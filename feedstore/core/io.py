@@ -59,23 +59,6 @@ def replace_dir(src: Path | None, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-@contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces `target` whole, on failure it is removed.
-
-    Readers see either the old directory or the complete new one, never a mix.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex[:8]}")
-    stage.mkdir()
-    try:
-        yield stage
-        replace_dir(stage, target)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------- publishing
 
 #: Test hook: `FEEDSTORE_CRASH_AT=<stage>.publish` makes a stage SIGKILL itself at its publish step (after its new

@@ -245,12 +245,12 @@ def _feature_columns(view: ViewSpec, snap: _Snapshot, index: dict[str, int], cat
 
 @dataclass
 class StagedStats:
-    """Computed, unpublished statistics: `root` holds `<view>/date=D/` for every computed day, and `intermediate`
-    the tiles and states the run wrote. With a `version` (a new version of `offline/`, see
-    feedstore.core.io.Publication), `publish()` carries the other days over from the published version and switches
-    `offline/` to the new one in one atomic step; without one (engines that stage elsewhere) it swaps each day's
-    partitions in. Then the tiles, then the states (a state names the tiles it includes, so a crash between the
-    steps is detected by the next run). Leaving the `with` block without publishing drops the staging."""
+    """Computed, unpublished statistics: `root` (inside `version`, a new version of `offline/`, see
+    feedstore.core.io.Publication) holds `<view>/date=D/` for every computed day, and `intermediate` the tiles and
+    states the run wrote. `publish()` carries the other days over from the published version and switches
+    `offline/` to the new one in one atomic step; then the tiles, then the states (a state names the tiles it
+    includes, so a crash between the steps is detected by the next run). Leaving the `with` block without
+    publishing drops the version."""
 
     root: Path
     offline: Path
@@ -258,58 +258,48 @@ class StagedStats:
     rows: dict[str, int]
     seconds: float
     views: list[str]
-    data_dir: Path | None = None
-    tile_days: dict[str, list[str] | None] = field(default_factory=dict)  # None: the view's whole tile table
-    version: VersionStage | None = None
+    data_dir: Path
+    tile_days: dict[str, list[str] | None]  # None: the view's whole tile table
+    version: VersionStage
     late_from: str | None = None  # the first already-computed day whose values may have changed (late data)
     published: bool = field(default=False)
 
     @property
     def intermediate(self) -> Path:
         # outside the offline/ version: nothing hidden may sit where Feast's source globs read
-        return self.version.path / "intermediate" if self.version is not None else self.root / ".intermediate"
+        return self.version.path / "intermediate"
 
     def publish(self) -> None:
         """Publish: each computed day's partitions replace the old ones (days with no rows lose theirs), every other
         day is kept; then the tile partitions and states the run computed."""
-        if self.version is not None:
-            current = self.version.publication.published("offline")
-            if current is not None:
-                recomputed = {Catalog.partition(d) for d in self.days}
-                link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
-            self.version.publish()  # readers see the whole old offline/ or the whole new one
-        else:
-            for view in self.views:
-                for day in self.days:
-                    staged = self.root / view / Catalog.partition(day)
-                    replace_dir(staged if staged.exists() else None, self.offline / view / Catalog.partition(day))
-        if self.data_dir is not None:
-            cat = Catalog(self.data_dir)
-            for view, days in self.tile_days.items():
-                staged = self.intermediate / "tiles" / view
-                if days is None:
-                    replace_dir(staged if staged.exists() else None, cat.tiles(view))
-                    continue
-                for day in days:
-                    part = staged / Catalog.partition(day)
-                    replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day))
-            for view in self.views:
-                state = self.intermediate / "state" / f"{view}.parquet"
-                if state.exists():
-                    cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(state, cat.tile_state(view))
-            _log_change(cat, self.days, self.late_from)
-        if self.version is not None:
-            shutil.rmtree(self.intermediate, ignore_errors=True)
+        current = self.version.publication.published("offline")
+        if current is not None:
+            recomputed = {Catalog.partition(d) for d in self.days}
+            link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
+        self.version.publish()  # readers see the whole old offline/ or the whole new one
+        cat = Catalog(self.data_dir)
+        _remove_leftovers(cat.intermediate / "tiles")  # of a run killed while swapping tiles (we hold the lock)
+        for view, days in self.tile_days.items():
+            staged = self.intermediate / "tiles" / view
+            if days is None:
+                replace_dir(staged if staged.exists() else None, cat.tiles(view))
+                continue
+            for day in days:
+                part = staged / Catalog.partition(day)
+                replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day))
+        for view in self.views:
+            state = self.intermediate / "state" / f"{view}.parquet"
+            if state.exists():
+                cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(state, cat.tile_state(view))
+        _log_change(cat, self.days, self.late_from)
+        shutil.rmtree(self.intermediate, ignore_errors=True)
         self.published = True
         log.info("stats published for %d days (%s..%s): %s -> %s", len(self.days), self.days[0], self.days[-1],
                  ", ".join(f"{v} {self.rows.get(v, 0):,} rows" for v in self.views), self.offline)
 
     def discard(self) -> None:
-        if self.version is not None:
-            self.version.discard()
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
+        self.version.discard()
 
     def __enter__(self) -> StagedStats:
         return self
@@ -317,6 +307,15 @@ class StagedStats:
     def __exit__(self, *exc) -> None:
         if not self.published:
             self.discard()
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove the hidden `.<name>.old-*` folders a run killed inside `replace_dir` left under `root`."""
+    if root.is_dir():
+        for old in root.glob("*/.*.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        for old in root.glob(".*.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_change(cat: Catalog, days: list[str], late_from: str | None) -> None:

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -260,8 +258,11 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
           .withColumn("__d", F.unix_date(F.to_date("event_timestamp"))).drop("event_timestamp")
           .where(F.col("__d") <= hi_n)).persist()
 
-    stage = cat.offline / f".stats-staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    # a new version of offline/ (feedstore.core.io.Publication), as on DuckDB: the gate reads it, publish() carries
+    # the other days over and switches offline/ to it in one atomic step; nothing is staged under offline/ itself
+    version = cat.publication("stats").begin()
+    stage = version.path / "offline"
+    stage.mkdir()
     rows: dict[str, int] = {}
     try:
         for view in spec.views:
@@ -273,7 +274,7 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
             rows[view.name] = _check_written(stage / view.name, offline_schema(view))
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        version.discard()
         raise
     finally:
         ev.unpersist()
@@ -281,4 +282,5 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     log.info("stats computed on Spark (%s) for %d snapshot days (%s..%s) in %.2f s: %s", spark.sparkContext.master,
              len(days), lo, hi, seconds, ", ".join(f"{v.name} {rows.get(v.name, 0):,} rows" for v in spec.views))
     return SparkStagedStats(stage, cat.offline, days, rows, seconds, [v.name for v in spec.views], cat.root,
-                            {v.name: None for v in spec.views})
+                            {v.name: None for v in spec.views}, version,
+                            late_from=days[0])  # a full recompute may change any day

@@ -119,7 +119,7 @@ def _staged(engine: str, data_dir: Path, spec=FEATURE_SPEC, **kw) -> Path:
     staged = compute_stats(cfg, spec=spec, **kw)
     out = data_dir / f"staged-{engine}"
     shutil.move(staged.root, out)
-    shutil.rmtree(out / ".intermediate", ignore_errors=True)  # the DuckDB engine's tiles and state
+    staged.discard()  # drops the rest of the version (the DuckDB engine's tiles and state) and the stage's lock
     return out
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from feedstore.core.io import atomic_path, staged_dir, write_parquet
+from feedstore.core.io import atomic_path, replace_dir, write_parquet
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -23,25 +23,18 @@ def test_atomic_path_replaces_existing_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
 
 
-def test_staged_dir_keeps_old_directory_on_failure(tmp_path):
-    target = tmp_path / "interactions"
+def test_replace_dir_swaps_whole_directory_and_removes(tmp_path):
+    target = tmp_path / "tiles"
     target.mkdir()
     (target / "old.parquet").write_text("old")
-    with pytest.raises(KeyboardInterrupt), staged_dir(target) as stage:
-        (stage / "new.parquet").write_text("new")
-        raise KeyboardInterrupt
-    assert [p.name for p in target.iterdir()] == ["old.parquet"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["interactions"]
-
-
-def test_staged_dir_swaps_whole_directory(tmp_path):
-    target = tmp_path / "interactions"
-    target.mkdir()
-    (target / "old.parquet").write_text("old")
-    with staged_dir(target) as stage:
-        (stage / "new.parquet").write_text("new")
+    new = tmp_path / ".staged"
+    new.mkdir()
+    (new / "new.parquet").write_text("new")
+    replace_dir(new, target)
     assert [p.name for p in target.iterdir()] == ["new.parquet"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["interactions"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # nothing hidden left behind
+    replace_dir(None, target)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ Publication
