@@ -74,7 +74,7 @@ class FastMaterializationEngineConfig(FeastConfigBaseModel):
     """`batch_engine:` settings of FastMaterializationEngine in feature_store*.yaml."""
 
     type: Literal["feedstore.plugins.fast_materialize.FastMaterializationEngine"] = ENGINE_TYPE
-    batch_rows: StrictInt = 50_000
+    batch_rows: StrictInt = 10_000
     """rows read from DuckDB, encoded and written per batch (memory follows it)"""
     duckdb_memory_limit: str = "2GB"
     """bound for DuckDB's latest-row query (beyond it DuckDB spills to its temp directory)"""
@@ -90,7 +90,7 @@ class _Unsupported(Exception):
 class FastMaterializationEngine(LocalComputeEngine):
     """Feast compute engine: vectorized encoding + pipelined RESP writes for Redis, Feast's stock engine otherwise."""
 
-    def __init__(self, *, batch_rows: int = 50_000, duckdb_memory_limit: str = "2GB",
+    def __init__(self, *, batch_rows: int = 10_000, duckdb_memory_limit: str = "2GB",
                  duckdb_threads: int | None = None, verify_rows: int = 200, **kwargs):
         kwargs.pop("type", None)
         super().__init__(**kwargs)

@@ -112,7 +112,8 @@ def _repo(tmp: Path, name: str, data_dir: Path, online: str, fast: bool, extra: 
     if not fast:
         text = re.sub(r"\nbatch_engine:\n(  .*\n)+", "\n", text)
     else:
-        text = text.replace("  batch_rows: 50000\n", "  batch_rows: 997\n")  # several batches per view
+        text, n = re.subn(r"(?m)^  batch_rows: \d+$", "  batch_rows: 997", text)  # several batches per view
+        assert n == 1, "the shipped yaml sets batch_rows"
     text = text.replace("online_store:\n", f"online_store:\n{extra}", 1) if extra else text
     (repo / "feature_store.yaml").write_text(text)
     return repo, repo / "feature_store.yaml"
