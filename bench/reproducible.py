@@ -43,11 +43,9 @@ def digests(data: Path) -> dict[str, tuple[str, int]]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(f for f in files if f.endswith(".parquet")):
                 p = Path(dirpath) / name
-                h = hashlib.sha256()
                 with p.open("rb") as f:
-                    for block in iter(lambda: f.read(1 << 22), b""):
-                        h.update(block)
-                out[f"{folder}/{p.relative_to(data / folder)}"] = (h.hexdigest(), p.stat().st_size)
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                out[f"{folder}/{p.relative_to(data / folder)}"] = (digest, p.stat().st_size)
     return out
 
 

@@ -126,6 +126,9 @@ def get_spark(settings: SparkConfig | None = None) -> SparkSession:
         except Exception as e:  # py4j / JVM start-up failures carry pages of text
             raise ConfigError(f"Spark did not start ({settings.master}): {str(e).strip().splitlines()[0]}") from None
         session.sparkContext.setLogLevel("ERROR")
+        # py4j logs every connection it closes at INFO, also from __del__ at interpreter exit, after the handlers'
+        # streams are closed ("--- Logging error ---" on stderr): its warnings are all a user needs
+        logging.getLogger("py4j").setLevel(logging.WARNING)
         # getOrCreate may return a session someone else started: the invariants hold for ours either way
         for key in ("spark.sql.session.timeZone", "spark.sql.execution.arrow.pyspark.enabled",
                     "spark.sql.parquet.outputTimestampType"):

@@ -150,3 +150,21 @@ def test_kill_training_set_at_publish_keeps_the_previous_set(published, tmp_path
     rerun = feedstore(data, "training-set", "--version", "v1", "--start", "2024-03-01")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert files() != before and not list((data / "training").glob(".v1.versions/*.staging"))
+
+
+def test_kill_spark_stats_at_publish_keeps_previous_outputs(published, tmp_path, spark):
+    """The Spark engine publishes through the same versioned publication: killed at the switch, offline/ is the
+    previous version whole, nothing staged sits under it; the rerun publishes the same rows as the DuckDB run."""
+    data = copy_of(published, tmp_path)
+    before = snapshot(data, "stats")
+    args = ["--engine", "spark", "stats", "--start", "2024-03-10", "--end", "2024-03-12"]
+    killed = feedstore(data, *args, crash="stats.publish")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert snapshot(data, "stats") == before
+    assert hidden_entries(data) == [] and not list((data / "offline").glob(".*"))
+    assert leftovers(data)
+
+    rerun = feedstore(data, *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert leftovers(data) == [] and hidden_entries(data) == []
+    assert rows(data) == rows(published)
