@@ -79,13 +79,27 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
                                             ex.items_suite(cfg), stage)
         inter = _validate_interactions(runner, cfg, parts, users, items, as_of, stage, repeats)
         tables = {"users": users_res, "items": items_res, "interactions": inter}
-        failures = _gate(tables, v.max_quarantine_fraction)
-        passed = not failures
-        reports = _write_reports(data_dir, tables, passed, failures, as_of, [p.day for p in parts])
-        docs = runner.build_docs()
-        _publish(version, [p.day for p in parts], publish_validated=passed)
     except BaseException:
         version.discard()
+        raise
+    return _finish_validation(version, runner, data_dir, tables, [p.day for p in parts], as_of, t0,
+                              max_quarantine_fraction=v.max_quarantine_fraction, raise_on_failure=raise_on_failure)
+
+
+def _finish_validation(version: VersionStage, runner, data_dir: Path, tables: dict[str, TableResult], days: list[str],
+                       as_of: datetime, t0: float, *, max_quarantine_fraction: float, raise_on_failure: bool,
+                       engine: str = "") -> ValidationSummary:
+    """What every engine does once its tables are validated and staged in `version`: the gate, the JSON reports,
+    Data Docs, the publication (validated data only if the gate passed), the summary log and the verdict."""
+    cat = Catalog(data_dir)
+    try:
+        failures = _gate(tables, max_quarantine_fraction)
+        passed = not failures
+        reports = _write_reports(data_dir, tables, passed, failures, as_of, days)
+        docs = runner.build_docs()
+        _publish(version, days, publish_validated=passed)
+    except BaseException:
+        version.discard()  # a no-op once published
         raise
 
     for name, res in tables.items():
@@ -93,13 +107,13 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
                  f"{res.rows_in:,}", f"{res.validated:,}", f"{res.quarantined:,}", 100 * res.quarantined_fraction,
                  summary_table(name, list(res.outcomes.values())))
     seconds = time.perf_counter() - t0
-    summary = ValidationSummary(passed, tables, failures, reports, docs, seconds, [p.day for p in parts])
+    summary = ValidationSummary(passed, tables, failures, reports, docs, seconds, days)
     if passed:
-        log.info("validation passed in %.2f s: validated data in %s, reports in %s, Data Docs %s", seconds,
-                 Catalog(data_dir).validated, Catalog(data_dir).validation_reports, docs)
+        log.info("validation passed%s in %.2f s: validated data in %s, reports in %s, Data Docs %s", engine, seconds,
+                 cat.validated, cat.validation_reports, docs)
     else:
         msg = (f"validation failed: {'; '.join(failures[:3])}{' ...' if len(failures) > 3 else ''} "
-               f"(see {Catalog(data_dir).validation_reports})")
+               f"(see {cat.validation_reports})")
         if raise_on_failure:
             raise ValidationFailed(msg)
         log.error(msg)

@@ -44,14 +44,13 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
 from feedstore.core.docs import run_record
-from feedstore.core.errors import InputDataError, ValidationFailed
-from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, _notes, summary_table
+from feedstore.core.errors import InputDataError
+from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, _notes
 from feedstore.core.io import write_parquet
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, quarantine_mask
 from feedstore.ingestion.validate.reading import Partition, discover_partitions, read_contract_table
-from feedstore.ingestion.validate.reports import _write_reports
-from feedstore.ingestion.validate.run import ValidationSummary, _daily_frame, _gate, _publish
+from feedstore.ingestion.validate.run import ValidationSummary, _daily_frame, _finish_validation
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -371,31 +370,12 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
                                             ex.items_suite(cfg), stage)
         inter = _validate_interactions(spark, runner, cfg, parts, users, items, as_of, stage)
         tables = {"users": users_res, "items": items_res, "interactions": inter}
-        failures = _gate(tables, v.max_quarantine_fraction)
-        passed = not failures
-        reports = _write_reports(data_dir, tables, passed, failures, as_of, [p.day for p in parts])
-        docs = runner.build_docs()
-        _publish(version, [p.day for p in parts], publish_validated=passed)
     except BaseException:
         version.discard()
         raise
-
-    for name, res in tables.items():
-        log.info("validation summary for %s: %s rows in = %s validated + %s quarantined (%.3f%%)\n%s", name,
-                 f"{res.rows_in:,}", f"{res.validated:,}", f"{res.quarantined:,}", 100 * res.quarantined_fraction,
-                 summary_table(name, list(res.outcomes.values())))
-    seconds = time.perf_counter() - t0
-    summary = ValidationSummary(passed, tables, failures, reports, docs, seconds, [p.day for p in parts])
-    if passed:
-        log.info("validation passed on Spark in %.2f s: validated data in %s, reports in %s, Data Docs %s", seconds,
-                 cat.validated, cat.validation_reports, docs)
-    else:
-        msg = (f"validation failed: {'; '.join(failures[:3])}{' ...' if len(failures) > 3 else ''} "
-               f"(see {cat.validation_reports})")
-        if raise_on_failure:
-            raise ValidationFailed(msg)
-        log.error(msg)
-    return summary
+    return _finish_validation(version, runner, data_dir, tables, [p.day for p in parts], as_of, t0,
+                              max_quarantine_fraction=v.max_quarantine_fraction, raise_on_failure=raise_on_failure,
+                              engine=" on Spark")
 
 
 __all__ = ["validate_events", "SparkGXRunner", "TABLE"]
