@@ -120,8 +120,14 @@ class Catalog:
         return self.intermediate / "tiles" / view
 
     def tile_state(self, view: str) -> Path:
-        """One view's lifetime sums per entity as of the newest processed day (one Parquet file)."""
+        """One view's lifetime sums per entity as of the newest processed day (one Parquet file; for an active-days
+        view, no rows: it names the base snapshot and the tiles after it that hold the sums)."""
         return self.intermediate / "state" / f"{view}.parquet"
+
+    def tile_bases(self, view: str) -> Path:
+        """One active-days view's base snapshots (`base-<token>.parquet`, immutable): lifetime sums per key as of a
+        base day; its state names the one it builds on."""
+        return self.intermediate / "state" / view
 
     @property
     def stats_changes(self) -> Path:

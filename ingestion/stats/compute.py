@@ -249,7 +249,8 @@ class StagedStats:
     feedstore.core.io.Publication) holds `<view>/date=D/` for every computed day, and `intermediate` the tiles and
     states the run wrote. `publish()` carries the other days over from the published version and switches
     `offline/` to the new one in one atomic step; then the tiles, then the states (a state names the tiles it
-    includes, so a crash between the steps is detected by the next run). Leaving the `with` block without
+    includes, and an active-days view's state the base snapshot it builds on, moved in before it under a new name,
+    so a crash between the steps is detected by the next run). Leaving the `with` block without
     publishing drops the version."""
 
     root: Path
@@ -288,10 +289,15 @@ class StagedStats:
                 part = staged / Catalog.partition(day)
                 replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day))
         for view in self.views:
+            staged_bases = self.intermediate / "state" / view
+            for base in sorted(staged_bases.glob("base-*.parquet")) if staged_bases.is_dir() else []:
+                cat.tile_bases(view).mkdir(parents=True, exist_ok=True)
+                os.replace(base, cat.tile_bases(view) / base.name)  # a new name: the published state's base stays
             state = self.intermediate / "state" / f"{view}.parquet"
             if state.exists():
                 cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(state, cat.tile_state(view))
+            tiles.prune_bases(cat.tile_bases(view), cat.tile_state(view))  # bases no state names
         _log_change(cat, self.days, self.late_from)
         shutil.rmtree(self.intermediate, ignore_errors=True)
         self.published = True
@@ -485,8 +491,9 @@ def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, ac
 
 def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, root: Path, as_of: int,
                               categories: int) -> None:
-    """A full run's tiles of an active-days view (one partition per day) and its lifetime state as of `as_of`."""
-    sums, names, _ = _tile_sums(view, categories)
+    """A full run's tiles of an active-days view (one partition per day), its base snapshot as of `as_of` and the
+    state naming it."""
+    sums, names, plain = _tile_sums(view, categories)
     keys = ", ".join(view.keys)
     t = con.sql(f"SELECT d, {keys}, {', '.join(sums)} FROM ev GROUP BY d, {keys} ORDER BY d, {keys}"
                 ).to_arrow_table()
@@ -503,10 +510,22 @@ def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, ro
         pq.write_table(t.slice(a, b - a).cast(pa.schema([pa.field(n, pa.int64()) for n in t.column_names])), path,
                        compression="zstd", use_dictionary=False)
         tokens[int(day[a])] = token
-    st = con.execute(f"SELECT {keys}, {', '.join(sums)} FROM ev GROUP BY {keys} ORDER BY {keys}").fetchnumpy()
-    values = np.stack([st[n].astype(np.int64) for n in tiles.lifetime_names(view)])
-    tiles.write_state(tiles.State(as_of, {k: st[k].astype(np.int64) for k in view.keys}, values, tokens,
-                                  tiles.fingerprint(view, categories)), view, root / "state" / f"{view.name}.parquet")
+    base = tiles.new_base_name()
+    _write_pair_base(con, view, f"SELECT {keys}, {', '.join(sums[:plain])} FROM ev GROUP BY {keys}",
+                     root / "state" / view.name / base)
+    state = tiles.State.of_base(view, as_of, base, as_of)
+    state.tokens, state.spec = tokens, tiles.fingerprint(view, categories)
+    tiles.write_state(state, view, root / "state" / f"{view.name}.parquet")
+
+
+def _write_pair_base(con: duckdb.DuckDBPyConnection, view: ViewSpec, query: str, path: Path) -> int:
+    """Write an active-days view's base snapshot: `query`'s rows (the keys and the lifetime sums) in key order, from
+    DuckDB straight to Parquet; return the row count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ", ".join(view.keys)
+    cols = ", ".join([*view.keys, *(f'CAST("{n}" AS BIGINT) AS "{n}"' for n in tiles.lifetime_names(view))])
+    return con.execute(f"COPY (SELECT {cols} FROM ({query}) ORDER BY {keys}) TO '{_sql_path(path)}' "
+                       f"(FORMAT parquet, COMPRESSION zstd)").fetchone()[0]
 
 
 def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path, lo: date, hi: date) -> None:

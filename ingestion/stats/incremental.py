@@ -5,7 +5,12 @@ lifetime state (`feedstore.ingestion.stats.tiles`), with the same rows and value
 days a - (longest window) .. (newest processed day s), the state (lifetime sums as of s), and the users and items
 tables (ids, birth days, attributes). Window sums for day D are sums of the tiles of D - w + 1 .. D; lifetime sums
 start from the state minus the tiles after the sweep's first day. The daily run (a = b = s + 1) therefore reads one
-day of events and 31 days of tiles, whatever the history's length.
+day of events and 31 days of tiles, whatever the history's length. An active-days view (user x item: one state row
+per pair ever seen) keeps its state log-structured instead: a base snapshot as of a day c plus the stored tiles
+after c; the run looks up in DuckDB only the pairs active in the days it writes (a semi-join with the base and
+those tiles) and writes only a small state naming the base, except when the tiles after c reach the longest
+window or late data changed a tile the base includes: then a new base is written (compaction; in daily runs, at
+most one run per longest-window days).
 
 **Late or corrected data.** If the recomputed tiles of a day D' <= s differ from the stored ones, every later row
 that could change is rewritten: days D'..s (windows through D' + the longest window, lifetime values up to s).
@@ -48,6 +53,7 @@ from feedstore.ingestion.stats.compute import (
     _sql_path,
     _sweep,
     _tile_sums,
+    _write_pair_base,
 )
 
 log = logging.getLogger(__name__)
@@ -91,9 +97,11 @@ def _split_days(t: dict[str, np.ndarray], keys: tuple[str, ...], names: list[str
 
 
 def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
-                 spec: FeatureSpec = FEATURE_SPEC) -> StagedStats:
+                 spec: FeatureSpec = FEATURE_SPEC, *, compact_after: int | None = None) -> StagedStats:
     """Snapshot days [start, end] (default end: the last validated day) of every view, staged for the gate, plus
-    the days late data makes stale; the tiles and states it changed are staged with them."""
+    the days late data makes stale; the tiles and states it changed are staged with them. `compact_after`: an
+    active-days view's base snapshot is rewritten once the tiles after it span that many days (default: the
+    spec's longest window, so a daily run reads no tile older than the windows need)."""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
     inter = cat.validated_interactions
@@ -110,14 +118,18 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
     if b < a:
         raise InputDataError(f"snapshot range is empty: end {end} is before start {start}")
 
-    # the stored state, trusted only if every view's state covers the same day, was built by this spec, and names
-    # exactly the tile partitions on disk
+    # the stored state, trusted only if every view's state covers the same day, was built by this spec, names
+    # exactly the tile partitions on disk and (active-days views) a base snapshot that is there
     states = {v.name: tiles.read_state(cat.tile_state(v.name), v) for v in spec.views}
     disk = {v.name: tiles.listing(cat.tiles(v.name)) for v in spec.views}
     trusted = all(
         st is not None and st.spec == tiles.fingerprint(v, n_cat)
         and st.tokens == {d: tiles.token_of(p) for d, p in disk[v.name].items()}
+        and (v.rows != "active_days" or (st.base is not None and st.base_as_of <= st.as_of  # type: ignore[operator]
+                                         and (cat.tile_bases(v.name) / st.base).is_file()))
         for v, st in ((v, states[v.name]) for v in spec.views)) and len({st.as_of for st in states.values()}) == 1
+    if compact_after is None:
+        compact_after = max((w for v in spec.views for w in v.window_shifts), default=30)
     if trusted:
         s = next(iter(states.values())).as_of
         ev_lo, ev_hi = a, b
@@ -149,9 +161,9 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
             first = start_w - max(view.window_shifts, default=0)
             stored = {d: tiles.read_tiles(p, view.keys, names) for d, p in disk[view.name].items() if d >= first}
             state = states[view.name]
-        else:  # the rebuilt tiles are the stored ones; the state is their sum
+        else:  # the rebuilt tiles are the stored ones; the state is their sum (active-days views: from the events)
             stored = new
-            state = _sum_state(view, new, s, n_cat)
+            state = _sum_state(view, new, s, n_cat) if view.rows == "change_points" else None
         differs = [d for d in range(a, b + 1) if not trusted or not _same(new.get(d), stored.get(d))]
         views[view.name] = _ViewTiles(view, names, new, stored, state, differs)
     late = trusted and any(d <= s for vt in views.values() for d in vt.differs)
@@ -188,8 +200,9 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
                     state = _change_points(cfg, con, vt, start_w, end_w, a, b, s, stage, writer, tables, origin_day,
                                            n_cat)
                 else:
-                    state = _active_days(con, vt, start_w, end_w, a, b, s, stage, n_cat)
-                if not trusted:
+                    state = _active_days(con, vt, start_w, end_w, a, b, s, stage, n_cat, cat.tile_bases(view.name),
+                                         disk[view.name] if trusted else {}, inter_stage, compact_after)
+                if not trusted and view.rows == "change_points":
                     state = vt.state
                 if state is not None:
                     state.tokens, state.spec = tokens, tiles.fingerprint(view, n_cat)
@@ -279,9 +292,18 @@ def _change_points(cfg: PipelineConfig, con: duckdb.DuckDBPyConnection, vt: _Vie
 
 
 def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, end_w: int, a: int, b: int, s: int,
-                 stage: Path, categories: int) -> tiles.State | None:
+                 stage: Path, categories: int, bases: Path, files: dict[int, Path], inter_stage: Path,
+                 compact_after: int) -> tiles.State | None:
     """Rows of days start_w..end_w of an active-days view (each key's running lifetime sums on its active days),
-    in DuckDB; the new state if the run reaches s."""
+    in DuckDB; the new state if the run reaches s (or if there was no trusted state).
+
+    The lifetime sums before start_w are needed only for the keys active in the rows written: a semi-join of those
+    keys with the base snapshot (as of c, under `bases`) plus the stored tiles of c + 1 .. start_w - 1, or minus
+    those of start_w .. c (`files`: the stored tiles, those the state includes). Nothing of the base is read into
+    Python and the base is not rewritten, unless the tiles after c reach `compact_after` days or late data changed
+    a tile of a day <= c: then a new base as of end_w is written (compaction), in DuckDB. Without a trusted state
+    (`vt.state` None; the events of every validated day are loaded), the sums come from the events, and the base is
+    written from them as of s."""
     view = vt.view
     keys = ", ".join(view.keys)
     narrow = tiles.lifetime_names(view)
@@ -296,21 +318,30 @@ def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, e
             cols[n] = pa.array(np.concatenate([t[1][i] for _, t in chosen]) if chosen else np.zeros(0, np.int64))
         return pa.table(cols)
 
-    state = vt.state
-    state_t = pa.table({**{k: pa.array(state.keys[k], pa.int64()) for k in view.keys},
-                        **{n: pa.array(v, pa.int64()) for n, v in zip(narrow, state.values, strict=True)}})
-    later = frame(vt.stored, start_w, s)  # stored tiles the state includes from the first rewritten day on
+    def read(paths: list[Path]) -> str:
+        return "read_parquet([{}], hive_partitioning = false)".format(", ".join(f"'{_sql_path(p)}'" for p in paths))
+
     act = pa.concat_tables([frame(vt.new, a, b),
                             frame({d: t for d, t in vt.stored.items() if not a <= d <= b}, start_w, end_w)])
-    con.register("st_state", state_t)
-    con.register("st_later", later)
     con.register("st_act", act)
     sums = ", ".join(f"CAST(sum(\"{n}\") AS BIGINT) AS \"{n}\"" for n in narrow)
     neg = ", ".join(f"-\"{n}\" AS \"{n}\"" for n in narrow)
     cols = ", ".join(f'"{n}"' for n in narrow)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE st_base AS
-        SELECT {keys}, {sums} FROM (SELECT {keys}, {cols} FROM st_state UNION ALL SELECT {keys}, {neg} FROM st_later)
-        GROUP BY {keys}""")
+    sql, _, plain = _tile_sums(view, categories)
+    from_events = f"SELECT {keys}, {', '.join(sql[:plain])} FROM ev"
+    state = vt.state
+    if state is None:  # lifetime sums before start_w, from the events
+        c, parts = start_w - 1, [f"{from_events} WHERE d < {start_w} GROUP BY {keys}"]
+    else:  # the base as of c, plus (minus) the stored tiles after it (after start_w - 1)
+        c = state.base_as_of
+        parts = [f"SELECT {keys}, {cols} FROM {read([bases / state.base])}"]
+        plus = [p for d, p in sorted(files.items()) if c < d < start_w]
+        minus = [p for d, p in sorted(files.items()) if start_w <= d <= c]
+        parts += [f"SELECT {keys}, {cols} FROM {read(plus)}"] if plus else []
+        parts += [f"SELECT {keys}, {neg} FROM {read(minus)}"] if minus else []
+    con.execute(f"CREATE OR REPLACE TEMP TABLE st_keys AS SELECT DISTINCT {keys} FROM st_act")
+    semi = " UNION ALL ".join(f"SELECT * FROM ({q}) SEMI JOIN st_keys USING ({keys})" for q in parts)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE st_base AS SELECT {keys}, {sums} FROM ({semi}) GROUP BY {keys}")
     outputs = ", ".join(f"CAST(coalesce(b.\"{f.of}\", 0) + sum(x.\"{f.of}\") OVER w AS BIGINT) AS "
                         f"\"{view.column_name(f, None)}\"" for f in view.features)
     out = stage / view.name
@@ -325,10 +356,21 @@ def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, e
             ORDER BY date, {', '.join('x.' + k for k in view.keys)}
         ) TO '{_sql_path(out)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date),
                                  FILENAME_PATTERN 'part-{{i}}')""")
+    base = tiles.new_base_name()
+    if state is None:  # the first base: every loaded event (days through s)
+        n = _write_pair_base(con, view, f"{from_events} GROUP BY {keys}", inter_stage / "state" / view.name / base)
+        log.info("%s: base snapshot as of %s written from the events (%d keys)", view.name, tiles.day_str(s), n)
+        return tiles.State.of_base(view, s, base, s)
     if end_w < s:
         return None
-    t = con.execute(f"""SELECT {keys}, {sums} FROM (SELECT {keys}, {cols} FROM st_base
-                        UNION ALL SELECT {keys}, {cols} FROM st_act) GROUP BY {keys} ORDER BY {keys}""").fetchnumpy()
-    return tiles.State(end_w, {k: t[k].astype(np.int64) for k in view.keys},
-                       np.stack([t[n].astype(np.int64) for n in narrow]) if narrow
-                       else np.zeros((0, len(t[view.keys[0]])), np.int64))
+    late_before_c = [d for d in vt.differs if d <= c]
+    if not late_before_c and end_w - c < compact_after:
+        return tiles.State.of_base(view, end_w, state.base, c)  # the same base: tiles c + 1 .. end_w after it
+    # compaction: the lifetime sums of every key as of end_w (before start_w, plus the rows this run sums)
+    query = f"SELECT {keys}, {sums} FROM ({' UNION ALL '.join([*parts, f'SELECT {keys}, {cols} FROM st_act'])}) " \
+            f"GROUP BY {keys}"
+    n = _write_pair_base(con, view, query, inter_stage / "state" / view.name / base)
+    log.info("%s: base snapshot compacted as of %s (%d keys; %s)", view.name, tiles.day_str(end_w), n,
+             f"late data changed tiles of {tiles.day_str(min(late_before_c))}.. it included" if late_before_c
+             else f"the tiles after the base of {tiles.day_str(c)} reached {end_w - c} days")
+    return tiles.State.of_base(view, end_w, base, end_w)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,12 +205,13 @@ def _active_days(ev: DataFrame, view: ViewSpec, lo: int, hi: int) -> DataFrame:
 @dataclass
 class SparkStagedStats(StagedStats):
     """`StagedStats` of a Spark run: publishing also drops the DuckDB engine's stored tiles (no staged tiles for any
-    view) and then its lifetime states, which Spark does not maintain."""
+    view) and then its lifetime states (and base snapshots), which Spark does not maintain."""
 
     def publish(self) -> None:
         super().publish()
         for view in self.views:
             Catalog(self.data_dir).tile_state(view).unlink(missing_ok=True)
+            shutil.rmtree(Catalog(self.data_dir).tile_bases(view), ignore_errors=True)
 
 
 def _write(frame: DataFrame, view: ViewSpec, out: Path) -> None:

@@ -8,6 +8,13 @@
   it includes. A state whose tokens differ from the tile partitions on disk (a crash between two publish steps, a
   hand edit) or whose fingerprint differs from the spec's (a new tile) is not trusted: the next run rebuilds the
   intermediates from the validated events once.
+* **Pair state** (active-days views, one row per pair ever seen: too big to read and rewrite every day): log-structured.
+  An immutable base snapshot `Catalog.tile_bases(view)/base-<token>.parquet` holds the lifetime sums as of a base
+  day c (the tiles of days <= c); the state file has no rows and names the base and c. Lifetime sums as of s are
+  the base plus the stored tiles of days c + 1 .. s. A run reads from the base only the keys active in the days it
+  writes (a semi-join in DuckDB); it writes a new base (compaction) only when the tiles after c span the spec's
+  longest window, or when late data changed a tile the base includes. A new base gets a new name and is moved in
+  before the state that names it; a state naming a base that is not there is not trusted.
 
 Window sums for day D are sums of the tiles of days D - w + 1 .. D; lifetime sums are the state minus the tiles
 after the wanted day; so a day costs its own events plus the tiles its windows reach, never the whole history.
@@ -91,6 +98,14 @@ class State:
     values: np.ndarray  # (lifetime columns, keys) int64
     tokens: dict[int, str] = field(default_factory=dict)
     spec: str = ""
+    base: str | None = None  # active-days views: the base snapshot's file name (the sums live there, not in keys)
+    base_as_of: int | None = None  # ... and its day c: the base includes the tiles of days <= c
+
+    @classmethod
+    def of_base(cls, view: ViewSpec, as_of: int, base: str, base_as_of: int) -> State:
+        """An active-days view's state: no rows, the sums are the base plus the tiles of base_as_of + 1 .. as_of."""
+        return cls(as_of, {k: np.zeros(0, np.int64) for k in view.keys},
+                   np.zeros((len(lifetime_names(view)), 0), np.int64), base=base, base_as_of=base_as_of)
 
     def to_table(self, view: ViewSpec) -> pa.Table:
         table = pa.table({**{k: pa.array(self.keys[k], pa.int64()) for k in view.keys},
@@ -98,6 +113,8 @@ class State:
                                                                          strict=True)}})
         meta = {"as_of": day_str(self.as_of), "spec": self.spec,
                 "tiles": {day_str(d): t for d, t in sorted(self.tokens.items())}}
+        if self.base is not None:
+            meta["base"] = {"file": self.base, "as_of": day_str(self.base_as_of)}  # type: ignore[arg-type]
         return table.replace_schema_metadata({_META: json.dumps(meta).encode()})
 
 
@@ -120,8 +137,30 @@ def read_state(path: Path, view: ViewSpec) -> State | None:
         return None
     values = (np.stack([table.column(n).to_numpy() for n in names]) if names
               else np.zeros((0, table.num_rows), np.int64))
+    base = meta.get("base")
     return State(day_no(meta["as_of"]), {k: table.column(k).to_numpy() for k in view.keys}, values.astype(np.int64),
-                 {day_no(d): t for d, t in meta["tiles"].items()}, meta["spec"])
+                 {day_no(d): t for d, t in meta["tiles"].items()}, meta["spec"],
+                 base["file"] if base else None, day_no(base["as_of"]) if base else None)
+
+
+def new_base_name() -> str:
+    return f"base-{new_token()}.parquet"
+
+
+def prune_bases(bases: Path, state: Path) -> None:
+    """Remove every base snapshot under `bases` that the state at `state` does not name (replaced by a compaction,
+    or left by a run killed between publish steps)."""
+    if not bases.is_dir():
+        return
+    keep = None
+    try:
+        meta = json.loads(pq.read_schema(state).metadata[_META])
+        keep = (meta.get("base") or {}).get("file")
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
+        pass
+    for f in bases.glob("base-*.parquet"):
+        if f.name != keep:
+            f.unlink(missing_ok=True)
 
 
 def read_tiles(path: Path, keys: tuple[str, ...], names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -15,6 +15,7 @@ import pytest
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.spec import FEATURE_SPEC
+from feedstore.ingestion.stats import tiles
 from feedstore.ingestion.stats.compute import compute_stats
 from feedstore.ingestion.stats.incremental import update_stats
 from tests.conftest import pipeline_config
@@ -154,13 +155,124 @@ def test_any_sequence_of_daily_runs_equals_a_full_recompute(base, tmp_path, orde
         _arrive(base, holding, day)
         _publish(cfg, start=day, end=day)
     assert_same_offline(base, _full_copy(base, tmp_path / "full"))
-    # and the intermediates equal the ones a full run builds
+    _assert_same_lifetime(base, tmp_path / "full")
+
+
+def _lifetime(data_dir: Path, view) -> pd.DataFrame:
+    """A view's lifetime sums as its state holds them: the state's rows, or (active-days views) the base snapshot
+    plus the stored tiles after the base day."""
+    cat = Catalog(data_dir)
+    st = tiles.read_state(cat.tile_state(view.name), view)
+    assert st is not None
+    if st.base is None:
+        return pq.read_table(cat.tile_state(view.name)).to_pandas()
+    keys, names = list(view.keys), tiles.lifetime_names(view)
+    parts = [pq.read_table(cat.tile_bases(view.name) / st.base).to_pandas()]
+    parts += [pq.read_table(p, columns=[*keys, *names]).to_pandas()
+              for d, p in tiles.listing(cat.tiles(view.name)).items() if st.base_as_of < d <= st.as_of]
+    return pd.concat(parts).groupby(keys, as_index=False).sum()
+
+
+def _assert_same_lifetime(a_dir: Path, b_dir: Path) -> None:
+    """The intermediates of two data dirs hold the same lifetime sums (keys whose sums are all 0 aside)."""
     for view in VIEWS:
-        a = pq.read_table(Catalog(base).tile_state(view.name)).to_pandas()
-        b = pq.read_table(Catalog(tmp_path / "full").tile_state(view.name)).to_pandas()
         keys = list(view.keys)
-        a, b = (f[(f.drop(columns=keys) != 0).any(axis=1)].sort_values(keys).reset_index(drop=True) for f in (a, b))
-        pd.testing.assert_frame_equal(a, b)
+        a, b = (f[(f.drop(columns=keys) != 0).any(axis=1)].sort_values(keys).reset_index(drop=True)
+                for f in (_lifetime(a_dir, view), _lifetime(b_dir, view)))
+        pd.testing.assert_frame_equal(a, b, check_dtype=False, obj=view.name)
+
+
+PAIRS = next(v for v in VIEWS if v.rows == "active_days")
+
+
+def _pair_state(data_dir: Path) -> tiles.State:
+    st = tiles.read_state(Catalog(data_dir).tile_state(PAIRS.name), PAIRS)
+    assert st is not None and st.base is not None
+    return st
+
+
+def _correct_day(data_dir: Path, day: date, seed: int) -> None:
+    """Change the validated events of `day` (late or corrected data): some clicks added, a fifth dropped."""
+    files = sorted((Catalog(data_dir).validated_interactions / f"date={day}").glob("*.parquet"))
+    table = pq.read_table(files[0])
+    ev = table.to_pandas()
+    rng = np.random.default_rng(seed)
+    flip = rng.random(len(ev)) < 0.3
+    ev.loc[flip & (ev.click == 0), ["click", "dwell_time"]] = [1, 12.5]
+    ev = ev[rng.random(len(ev)) > 0.2]
+    for f in files:
+        f.unlink()
+    pq.write_table(pa_table(ev, table.schema), files[0])
+
+
+def test_daily_runs_across_pair_base_compactions_equal_a_full_recompute(base, tmp_path):
+    """The user x item state is a base snapshot plus the tiles after it, compacted (here) once the tiles after the
+    base span 3 days: in-order daily runs rewrite the base only at compactions and keep just one base file; then
+    repeated and out-of-order runs of days before the base day (the base stays), late data before the base day
+    (forces a compaction) and after it (the base stays) still leave every table and the lifetime sums equal to a
+    full recompute."""
+    holding = tmp_path / "holding"
+    _hold_back(base, date(2024, 3, 14), holding)
+    shutil.rmtree(base / "offline")
+    shutil.rmtree(base / "intermediate")
+    _publish(pipeline_config(base))
+    cfg = pipeline_config(base)
+    assert _pair_state(base).base_as_of == tiles.day_no(date(2024, 3, 14))
+
+    def run(day: date) -> None:
+        with update_stats(cfg, day, day, compact_after=3) as staged:
+            staged.publish()
+
+    seen = []
+    for day in (date(2024, 3, 15) + timedelta(days=i) for i in range(8)):  # Mar 15..22
+        _arrive(base, holding, day)
+        before = _pair_state(base)
+        run(day)
+        after = _pair_state(base)
+        assert after.as_of == tiles.day_no(day)
+        compacted = tiles.day_no(day) - before.base_as_of >= 3
+        assert (after.base != before.base) == compacted, day
+        assert after.base_as_of == (tiles.day_no(day) if compacted else before.base_as_of)
+        assert [f.name for f in Catalog(base).tile_bases(PAIRS.name).iterdir()] == [after.base]  # old bases pruned
+        seen.append(compacted)
+    assert seen == [False, False, True, False, False, True, False, False]  # bases as of Mar 17, then Mar 20
+    assert_same_offline(base, _full_copy(base, tmp_path / "full1"))
+    _assert_same_lifetime(base, tmp_path / "full1")
+
+    # repeated and out of order, before the base day (Mar 20): the base is not rewritten
+    kept = _pair_state(base).base
+    for day in (date(2024, 3, 18), date(2024, 3, 21), date(2024, 3, 16)):
+        run(day)
+    assert _pair_state(base).base == kept
+    # late data before the base day: Mar 19 changes; its update rewrites Mar 19..22 and compacts the base
+    _correct_day(base, date(2024, 3, 19), seed=5)
+    run(date(2024, 3, 19))
+    st = _pair_state(base)
+    assert st.base != kept and st.base_as_of == st.as_of == tiles.day_no(date(2024, 3, 22))
+    # two new days, late data after the base day (the base stays), then a new day that compacts
+    kept = _pair_state(base).base
+    for day in (date(2024, 3, 23), date(2024, 3, 24)):
+        _arrive(base, holding, day)
+        run(day)
+    _correct_day(base, date(2024, 3, 23), seed=6)
+    run(date(2024, 3, 23))
+    assert _pair_state(base).base == kept and _pair_state(base).as_of == tiles.day_no(date(2024, 3, 24))
+    _arrive(base, holding, date(2024, 3, 25))
+    run(date(2024, 3, 25))
+    assert _pair_state(base).base_as_of == tiles.day_no(date(2024, 3, 25))
+    assert_same_offline(base, _full_copy(base, tmp_path / "full2"))
+    _assert_same_lifetime(base, tmp_path / "full2")
+
+
+def test_a_missing_pair_base_is_not_trusted(base, tmp_path):
+    """A state naming a base snapshot that is not there (a lost file) is not trusted: the run rebuilds the
+    intermediates from the events and its rows equal a full recompute."""
+    cat = Catalog(base)
+    (cat.tile_bases(PAIRS.name) / _pair_state(base).base).unlink()
+    _publish(pipeline_config(base), start=date(2024, 3, 31), end=date(2024, 3, 31))
+    assert (cat.tile_bases(PAIRS.name) / _pair_state(base).base).is_file()
+    assert_same_offline(base, _full_copy(base, tmp_path / "full"))
+    _assert_same_lifetime(base, tmp_path / "full")
 
 
 def test_first_incremental_run_without_state_builds_it_once(base, tmp_path):
