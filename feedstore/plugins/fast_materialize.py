@@ -31,6 +31,7 @@ transformations, offline writes, or a feature type without a vectorized encoder 
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import tempfile
 import time
@@ -54,6 +55,8 @@ from feast.value_type import ValueType
 from pydantic import StrictInt
 
 from feedstore.core.duck import connect
+from feedstore.core.errors import ServingError
+from feedstore.core.logs import redact
 from feedstore.plugins.asof_duckdb import resolve_source_path
 
 log = logging.getLogger(__name__)
@@ -212,7 +215,11 @@ class FastMaterializationEngine(LocalComputeEngine):
         try:
             counts = rows.mapInArrow(body, "read long, written long").collect()
         except Exception as e:  # py4j wraps the worker's error in pages of JVM text: keep the Python error's line
-            raise RuntimeError(f"materialize {fv.name} on Spark: a write task failed: {_last_error(e)}") from None
+            line = _last_error(e)
+            if re.match(r"(redis\.exceptions\.\w+|\w*ConnectionError|\w*TimeoutError|ConnectionRefusedError)\b", line):
+                raise ServingError(redact(f"materialize {fv.name} on Spark: an executor could not write to Redis "
+                                          f"({line})")) from None
+            raise RuntimeError(f"materialize {fv.name} on Spark: a write task failed: {line}") from None
         read, written = sum(c["read"] for c in counts), sum(c["written"] for c in counts)
         dt = time.perf_counter() - t0
         log.info("materialized %s [%s, %s] with the fast engine on Spark (%d partitions): %s entities read, %s "
@@ -227,8 +234,6 @@ _COUNTS = pa.schema([("read", pa.int64()), ("written", pa.int64())])
 
 def _last_error(e: Exception) -> str:
     """The last `SomeError: message` line of a (Spark-wrapped) traceback, else its first line."""
-    import re
-
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception): ", ln)]
     return (errors or lines or [repr(e)])[-1 if errors else 0]

@@ -115,3 +115,24 @@ def test_pipeline_materializes_on_spark_and_the_skew_check_finds_nothing(spark, 
     assert sum(result.entities.values()) > 1_000
     report = runner.check_skew(cfg)  # raises SkewFound on any mismatch
     assert report.mismatches == [] and report.rows >= cfg.serving.skew_sample and report.features > 0
+
+
+def test_an_executor_that_cannot_reach_redis_fails_with_one_line(spark, edge_data, tmp_path, monkeypatch):
+    """Only the executors connect to Redis on Spark: one that cannot is a one-line ServingError (exit 5), as on the
+    DuckDB path, not pages of JVM text; nothing is recorded as materialized."""
+    from feast import FeatureStore
+
+    from feedstore.core.errors import ServingError
+    from tests.conftest import _free_port
+
+    data_dir, end = edge_data
+    monkeypatch.setenv("FEEDSTORE_DATA_DIR", str(data_dir))
+    repo, yaml = _spark_repo(tmp_path, "dead", f"127.0.0.1:{_free_port()},socket_connect_timeout=1,password=s3cret")
+    _feast(repo, yaml, data_dir, "apply")
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=yaml)
+    with pytest.raises(ServingError) as e:
+        store.materialize(start_date=end - timedelta(days=30), end_date=end, feature_views=["item_daily_stats"])
+    message = str(e.value)
+    assert "\n" not in message and "could not write to Redis" in message and "item_daily_stats" in message
+    assert "s3cret" not in message and e.value.exit_code == 5
+    assert not store.get_feature_view("item_daily_stats").materialization_intervals
