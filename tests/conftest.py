@@ -64,20 +64,14 @@ def redis_server_binary() -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """host:port of a real Redis: FEEDSTORE_TEST_REDIS if set (never flushed), else a throwaway server."""
-    import os
+def start_redis_server(workdir: Path):
+    """A throwaway redis-server on a free loopback port (no persistence): (process, "127.0.0.1:port")."""
     import subprocess
     import time
 
     import redis
 
-    if os.environ.get("FEEDSTORE_TEST_REDIS"):
-        yield os.environ["FEEDSTORE_TEST_REDIS"]
-        return
     port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,13 +80,24 @@ def redis_url(tmp_path_factory):
     while True:
         try:
             client.ping()
-            break
+            return proc, f"127.0.0.1:{port}"
         except redis.exceptions.ConnectionError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("throwaway redis-server did not start") from None
             time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """host:port of a real Redis: FEEDSTORE_TEST_REDIS if set (never flushed), else a throwaway server."""
+    import os
+
+    if os.environ.get("FEEDSTORE_TEST_REDIS"):
+        yield os.environ["FEEDSTORE_TEST_REDIS"]
+        return
+    proc, url = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield url
     proc.terminate()
     proc.wait(timeout=10)
 
@@ -133,15 +138,12 @@ def stats_data(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------ Spark
 
 
-@pytest.fixture(scope="session")
-def spark():
-    """One local[2] Spark session for the whole test run (start-up is paid once). The `spark` engine's code calls
-    feedstore.core.spark.get_spark, which returns this session. Skipped where pyspark or Java is missing, unless
-    FEEDSTORE_REQUIRE_SPARK=1 (CI), where that is a failure."""
+def require_spark() -> None:
+    """Skip the calling test where pyspark or Java is missing, unless FEEDSTORE_REQUIRE_SPARK=1 (CI), where that is
+    a failure (for tests that run Spark in a child process, without this process's session)."""
     import importlib.util
     import os
 
-    from feedstore.core.config import SparkConfig
     from feedstore.core.errors import ConfigError
 
     required = os.environ.get("FEEDSTORE_REQUIRE_SPARK") == "1"
@@ -159,6 +161,16 @@ def spark():
         if required:
             pytest.fail(f"Spark tests required (FEEDSTORE_REQUIRE_SPARK=1): {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test run (start-up is paid once). The `spark` engine's code calls
+    feedstore.core.spark.get_spark, which returns this session. Skipped where pyspark or Java is missing, unless
+    FEEDSTORE_REQUIRE_SPARK=1 (CI), where that is a failure."""
+    from feedstore.core.config import SparkConfig
+
+    require_spark()
     from feedstore.core.spark import get_spark, stop_spark
 
     session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="1g"))

@@ -31,6 +31,8 @@ ENV_CONFIG = "FEEDSTORE_CONFIG"
 ENV_DATA_DIR = "FEEDSTORE_DATA_DIR"
 ENV_PRESET = "FEEDSTORE_PRESET"
 ENV_ENGINE = "FEEDSTORE_ENGINE"
+ENV_SPARK_MASTER = "FEEDSTORE_SPARK_MASTER"
+ENV_ONLINE_STORE = "FEEDSTORE_ONLINE_STORE"
 
 
 
@@ -302,19 +304,25 @@ class ValidationConfig(_Strict):
         return self
 
 
+#: The `serving.online_store` choices: each names one feature_repo/feature_store*.yaml (feedstore.core.feast_repo).
+ONLINE_STORES = ("sqlite", "redis", "redis-postgres", "redis-spark")
+
+
 class ServingConfig(_Strict):
     """Feast online store choice and serving checks (Feast's own settings live in feature_repo/*.yaml)."""
 
     online_store: str = Field("sqlite", description="sqlite (embedded, feature_store.sqlite.yaml), redis "
-                              "(feature_store.yaml, REDIS_CONNECTION_STRING) or redis-postgres (Redis + the Feast "
-                              "SQL registry in PostgreSQL at FEEDSTORE_REGISTRY_URL, feature_store.postgres.yaml).")
+                              "(feature_store.yaml, REDIS_CONNECTION_STRING), redis-postgres (Redis + the Feast "
+                              "SQL registry in PostgreSQL at FEEDSTORE_REGISTRY_URL, feature_store.postgres.yaml) or "
+                              "redis-spark (Redis, with Feast's offline side on Spark: training sets, materialization "
+                              "and the skew check's retrieval; feature_store.spark.yaml, master `spark.master`).")
     skew_sample: int = Field(200, ge=1, description="Entity rows compared online vs offline by check-skew.")
 
     @field_validator("online_store")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("sqlite", "redis", "redis-postgres"):
-            raise ValueError(f"online_store must be 'sqlite', 'redis' or 'redis-postgres', got {v!r}")
+        if v not in ONLINE_STORES:
+            raise ValueError(f"online_store must be one of {', '.join(map(repr, ONLINE_STORES))}, got {v!r}")
         return v
 
 
@@ -439,9 +447,10 @@ def load_config(
         _record_sources(overlay, "", str(preset_path), sources)
         data = _deep_merge(data, overlay)
 
-    for key, var in (("data_dir", ENV_DATA_DIR), ("engine", ENV_ENGINE)):
+    for key, var in (("data_dir", ENV_DATA_DIR), ("engine", ENV_ENGINE), ("spark.master", ENV_SPARK_MASTER),
+                     ("serving.online_store", ENV_ONLINE_STORE)):
         if env.get(var):
-            data[key] = env[var]
+            _set_dotted(data, key, env[var])
             sources[key] = f"${var}"
     for dotted, value in (overrides or {}).items():
         if value is None:

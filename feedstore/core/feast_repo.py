@@ -1,5 +1,6 @@
 """The Feast repository handle: which feature_store*.yaml serves an online store, the variables the yaml files
-expand (FEEDSTORE_DATA_DIR, REDIS_CONNECTION_STRING), a fail-fast Redis probe and the FeatureStore itself.
+expand (FEEDSTORE_DATA_DIR, REDIS_CONNECTION_STRING, FEEDSTORE_SPARK_MASTER), a fail-fast Redis probe and the
+FeatureStore itself.
 Feast settings live only in the yaml files; this module picks the file and sets what it expands."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from feedstore.core.catalog import Catalog
-from feedstore.core.config import PipelineConfig
+from feedstore.core.config import ENV_SPARK_MASTER, PipelineConfig
 from feedstore.core.errors import ConfigError, FeedstoreError, ServingError
 from feedstore.core.logs import redact
 
@@ -21,7 +22,12 @@ REPO_DIR = Path(str(files("feedstore") / "feature_repo"))
 
 
 YAML_FILES = {"redis": REPO_DIR / "feature_store.yaml", "sqlite": REPO_DIR / "feature_store.sqlite.yaml",
-              "redis-postgres": REPO_DIR / "feature_store.postgres.yaml"}
+              "redis-postgres": REPO_DIR / "feature_store.postgres.yaml",
+              "redis-spark": REPO_DIR / "feature_store.spark.yaml"}
+
+#: Stores whose Feast offline side (retrievals, materialization) runs on Spark; the yaml reads the master from
+#: FEEDSTORE_SPARK_MASTER, set from the pipeline config's `spark.master`.
+SPARK_STORES = {"redis-spark"}
 
 #: Stores whose registry is a SQL database (FEEDSTORE_REGISTRY_URL), not a file under the data dir.
 SQL_REGISTRY = {"redis-postgres"}
@@ -58,6 +64,8 @@ def feast_environment(cfg: PipelineConfig, online_store: str) -> dict[str, str]:
     if online_store not in YAML_FILES:
         raise FeedstoreError(f"unknown online store {online_store!r}; expected one of {sorted(YAML_FILES)}")
     os.environ["FEEDSTORE_DATA_DIR"] = str(Path(cfg.data_dir).resolve())
+    if online_store in SPARK_STORES:
+        os.environ[ENV_SPARK_MASTER] = cfg.spark.master
     if online_store in SQL_REGISTRY and not os.environ.get(ENV_REGISTRY_URL):
         raise ConfigError(f"--online-store {online_store} keeps the Feast registry in PostgreSQL: set "
                           f"{ENV_REGISTRY_URL} (e.g. postgresql+psycopg://feedstore@127.0.0.1:5432/feedstore)")
@@ -65,8 +73,8 @@ def feast_environment(cfg: PipelineConfig, online_store: str) -> dict[str, str]:
         os.environ["REDIS_CONNECTION_STRING"] = with_timeouts(os.environ.get("REDIS_CONNECTION_STRING")
                                                               or DEFAULT_REDIS)
         check_redis(os.environ["REDIS_CONNECTION_STRING"])
-    return {k: os.environ[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING", ENV_REGISTRY_URL)
-            if k in os.environ}
+    return {k: os.environ[k] for k in ("FEEDSTORE_DATA_DIR", "REDIS_CONNECTION_STRING", ENV_REGISTRY_URL,
+                                       ENV_SPARK_MASTER) if k in os.environ}
 
 
 def check_redis(connection_string: str, timeout: float = 2.0) -> None:

@@ -12,22 +12,31 @@ is written only if it is newer than what the key already holds (Feast's Redis wr
 unless `skip_dedup`); `key_ttl_seconds` (EXPIRE); view versioning names. Feast's CLI, registry bookkeeping
 (materialization intervals, `serve_features_while_materializing`) stay Feast's: this class only runs the tasks.
 
-The latest-row query runs in DuckDB over the FileSource's Parquet and is streamed in batches of `batch_rows`, so
-memory follows the batch, not the entity count. The first rows of every view are also encoded by Feast's own
-code and compared byte for byte before anything is written; on a difference the view goes to the stock engine.
+With the duckdb offline store, the latest-row query runs in DuckDB over the FileSource's Parquet and is streamed
+in batches of `batch_rows`, so memory follows the batch, not the entity count. With the Spark offline store
+(feedstore.plugins.spark_offline_store.SparkPitOfflineStore) it runs inside Spark: Spark reads the Parquet and
+picks the latest row per entity (the same order), and every partition of the result is encoded and written by
+its Python worker (`mapInArrow`, batches of `batch_rows`), each connecting to Redis with the online store's
+connection string; the driver only sums the per-partition counts. So the writes scale with the executors (on a
+cluster, the executors need feedstore installed and must reach Redis and the data dir). The first rows of every
+view are also encoded by Feast's own code and compared byte for byte before anything is written; on a
+difference the view goes to the stock engine.
 
 Views this does not cover go to Feast's stock engine (LocalComputeEngine), with the reason logged: another
 online store (SQLite: see bench/RESULTS.md), Redis Cluster or Sentinel, a source that is not a local Parquet
-FileSource read by the duckdb offline store, field or join-key mappings, views with transformations, offline
-writes, or a feature type without a vectorized encoder here.
+FileSource read by the duckdb or the Spark offline store, field or join-key mappings, views with
+transformations, offline writes, or a feature type without a vectorized encoder here.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Literal
 
 import numpy as np
@@ -46,6 +55,8 @@ from feast.value_type import ValueType
 from pydantic import StrictInt
 
 from feedstore.core.duck import connect
+from feedstore.core.errors import ServingError
+from feedstore.core.logs import redact
 from feedstore.plugins.asof_duckdb import resolve_source_path
 
 log = logging.getLogger(__name__)
@@ -105,7 +116,10 @@ class FastMaterializationEngine(LocalComputeEngine):
         reason = self.unsupported_reason(task)
         if reason is None:
             try:
-                self._materialize_redis(task)
+                if _on_spark(self.repo_config):
+                    self._materialize_spark(task)
+                else:
+                    self._materialize_redis(task)
                 return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
             except _Unsupported as e:
                 reason = str(e)
@@ -133,8 +147,9 @@ class FastMaterializationEngine(LocalComputeEngine):
             return f"redis_type {cfg.online_store.redis_type.value}"
         if cfg.entity_key_serialization_version != 3:
             return f"entity_key_serialization_version {cfg.entity_key_serialization_version}"
-        if not isinstance(self.offline_store, DuckDBOfflineStore):
-            return f"offline store {type(self.offline_store).__name__} (the fast path reads as the duckdb store does)"
+        if not isinstance(self.offline_store, DuckDBOfflineStore) and not _on_spark(cfg):
+            return (f"offline store {type(self.offline_store).__name__} (the fast path reads as the duckdb store "
+                    "does, or inside Spark with SparkPitOfflineStore)")
         src = fv.batch_source
         if not isinstance(src, FileSource) or not (isinstance(src.file_format, ParquetFormat) or (
                 src.file_format is None and src.path.endswith(".parquet"))):
@@ -171,21 +186,126 @@ class FastMaterializationEngine(LocalComputeEngine):
             for k, batch in enumerate(reader):
                 if k == 0 and self.verify_rows:
                     layout.verify(batch.slice(0, self.verify_rows))
-                keys = layout.entity_keys(batch)
-                seconds, nanos, ts_value = layout.event_timestamps(batch)
-                write = np.ones(batch.num_rows, dtype=bool)
-                if not cfg.online_store.skip_dedup:
-                    write = stream.newer_than_stored(keys, layout.ts_field, seconds, nanos)
-                count = int(write.sum())
-                if count:
-                    stream.send(layout.commands(batch, keys, ts_value, ttl, write), count * (2 if ttl else 1))
                 read += batch.num_rows
-                written += count
+                written += _write_batch(stream, layout, batch, ttl, cfg.online_store.skip_dedup)
             con.close()
         dt = time.perf_counter() - t0
         log.info("materialized %s [%s, %s] with the fast engine: %s entities read, %s written, %s already newer "
                  "online, in %.2f s (%s entities/s)", fv.name, task.start_time.isoformat(), task.end_time.isoformat(),
                  f"{read:,}", f"{written:,}", f"{read - written:,}", dt, f"{read / max(dt, 1e-9):,.0f}")
+
+    def _materialize_spark(self, task: MaterializationTask) -> None:
+        """The latest rows computed by Spark; each partition encoded and written to Redis by its Python worker."""
+        from functools import partial
+
+        from feedstore.core.spark import get_spark
+        from feedstore.plugins.spark_offline_store import latest_rows
+
+        fv, cfg = task.feature_view, self.repo_config
+        t0 = time.perf_counter()
+        layout = _Layout(fv, cfg)
+        spark = get_spark(cfg.offline_store.spark_settings())
+        rows, candidates = latest_rows(spark, fv, _utc(task.start_time), _utc(task.end_time))
+        # before any write: the column types, and Feast's own bytes for a few rows as the executors will see them
+        sample = candidates.limit(max(self.verify_rows, 1)).toArrow()
+        layout.check_schema(_plain_types(sample).schema)
+        if self.verify_rows and sample.num_rows:
+            layout.verify(_plain_types(sample.combine_chunks().to_batches()[0]))
+        body = partial(write_partition, layout=layout, online=cfg.online_store, batch_rows=self.batch_rows)
+        try:
+            counts = rows.mapInArrow(body, "read long, written long").collect()
+        except Exception as e:  # py4j wraps the worker's error in pages of JVM text: keep the Python error's line
+            line = _last_error(e)
+            if re.match(r"(redis\.exceptions\.\w+|\w*ConnectionError|\w*TimeoutError|ConnectionRefusedError)\b", line):
+                raise ServingError(redact(f"materialize {fv.name} on Spark: an executor could not write to Redis "
+                                          f"({line})")) from None
+            raise RuntimeError(f"materialize {fv.name} on Spark: a write task failed: {line}") from None
+        read, written = sum(c["read"] for c in counts), sum(c["written"] for c in counts)
+        dt = time.perf_counter() - t0
+        log.info("materialized %s [%s, %s] with the fast engine on Spark (%d partitions): %s entities read, %s "
+                 "written, %s already newer online, in %.2f s (%s entities/s)", fv.name, task.start_time.isoformat(),
+                 task.end_time.isoformat(), len(counts), f"{read:,}", f"{written:,}", f"{read - written:,}", dt,
+                 f"{read / max(dt, 1e-9):,.0f}")
+
+
+SPARK_STORE_TYPE = "feedstore.plugins.spark_offline_store.SparkPitOfflineStore"
+_COUNTS = pa.schema([("read", pa.int64()), ("written", pa.int64())])
+
+
+def _last_error(e: Exception) -> str:
+    """The last `SomeError: message` line of a (Spark-wrapped) traceback, else its first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception): ", ln)]
+    return (errors or lines or [repr(e)])[-1 if errors else 0]
+
+
+def _on_spark(cfg) -> bool:
+    """The offline store is feedstore's Spark store (checked by its yaml type: importing it imports pyspark)."""
+    return getattr(cfg.offline_store, "type", None) == SPARK_STORE_TYPE
+
+
+def _write_batch(stream: _RedisStream, layout: _Layout, batch: pa.RecordBatch, ttl: int | None,
+                 skip_dedup: bool) -> int:
+    """Encode one batch of latest rows and send its writes (rows not newer than the stored `_ts` skipped unless
+    `skip_dedup`); returns the number of rows written."""
+    keys = layout.entity_keys(batch)
+    seconds, nanos, ts_value = layout.event_timestamps(batch)
+    write = np.ones(batch.num_rows, dtype=bool)
+    if not skip_dedup:
+        write = stream.newer_than_stored(keys, layout.ts_field, seconds, nanos)
+    count = int(write.sum())
+    if count:
+        stream.send(layout.commands(batch, keys, ts_value, ttl, write), count * (2 if ttl else 1))
+    return count
+
+
+def write_partition(batches: Iterator[pa.RecordBatch], *, layout: _Layout, online, batch_rows: int
+                    ) -> Iterator[pa.RecordBatch]:
+    """`mapInArrow` body, run by a Spark Python worker over one partition of latest rows: encode and write them to
+    Redis (the online store's connection string, parsed by Feast's own code) in batches of `batch_rows`; yield
+    one row (read, written). Connects only if the partition has rows."""
+    read = written = 0
+    client = None
+    with ExitStack() as stack:
+        for batch in _rebatch(batches, batch_rows):
+            if client is None:
+                client = RedisOnlineStore()._get_client(online)
+                stack.callback(client.close)
+                stream = stack.enter_context(_RedisStream(client))
+            read += batch.num_rows
+            written += _write_batch(stream, layout, _plain_types(batch), online.key_ttl_seconds, online.skip_dedup)
+    yield pa.RecordBatch.from_pydict({"read": [read], "written": [written]}, schema=_COUNTS)
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of about `rows` rows from Spark's smaller Arrow batches (fewer round trips per row)."""
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for batch in batches:
+        if batch.num_rows:
+            pending.append(batch)
+            have += batch.num_rows
+        if have >= rows:
+            yield pa.concat_batches(pending)
+            pending, have = [], 0
+    if pending:
+        yield pa.concat_batches(pending)
+
+
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(_plain_type(t.value_type))
+    return t
+
+
+def _plain_types(data: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    """Large string / binary / list columns (Spark's Arrow may use them) as the regular types the encoders read."""
+    schema = pa.schema([f.with_type(_plain_type(f.type)) for f in data.schema])
+    return data if schema.equals(data.schema) else data.cast(schema)
 
 
 def _utc(ts):
@@ -420,7 +540,7 @@ class _Layout:
     """What one feature view writes: entity key bytes, hash fields, value encoders."""
 
     def __init__(self, fv: FeatureView, cfg):
-        self.fv, self.cfg = fv, cfg
+        self.fv, self.cfg, self.name = fv, cfg, fv.name
         name = _versioned_fv_name(fv, cfg)
         self.keys = sorted((c.name, c.dtype.to_value_type()) for c in fv.entity_columns)
         self.features = [(f.name, f.dtype.to_value_type()) for f in fv.features]
@@ -428,6 +548,10 @@ class _Layout:
         self.fields = [_mmh3(f"{name}:{f}") for f, _ in self.features]
         self.timestamp = fv.batch_source.timestamp_field
         self.project = cfg.project.encode()
+
+    def __getstate__(self) -> dict:
+        """What a Spark worker needs to encode (the view and repo config stay on the driver: `verify` uses them)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("fv", "cfg")}
 
     def check_schema(self, schema: pa.Schema) -> None:
         """Raise _Unsupported (before anything is written) for column types the encoders do not take."""
@@ -454,7 +578,7 @@ class _Layout:
         for name, vt in self.keys:
             col = batch.column(name)
             if col.null_count:
-                raise ValueError(f"{self.fv.name}: {col.null_count} rows with a null join key {name}")
+                raise ValueError(f"{self.name}: {col.null_count} rows with a null join key {name}")
             if vt == ValueType.STRING:
                 data, lens = _binary(col)
                 head = np.stack([np.full(n, ValueType.STRING.value), lens]).T.astype("<u4")

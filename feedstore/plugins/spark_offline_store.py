@@ -26,8 +26,10 @@ retrieval job (its own `_apply_odfv`), `to_df` / `to_arrow` / `iter_batches(batc
 Sources: Feast `FileSource` Parquet (a file or a glob such as `<dir>/**/*.parquet` over hive `date=` dirs, read
 recursively without partition columns, as DuckDB reads them), so feature_repo/ works unchanged with only
 `offline_store.type` switched (`feast apply` accepts FileSource under this store: it validates sources with the
-source's own `validate`, not the store's). Materialization of a FileSource goes through Feast's DuckDB (ibis)
-reader, since Feast's Spark store only pulls SparkSource; SparkSource views still go to Feast's Spark code.
+source's own `validate`, not the store's). Materialization of a FileSource by Feast's stock engine goes through
+Feast's DuckDB (ibis) reader, since Feast's Spark store only pulls SparkSource; SparkSource views still go to
+Feast's Spark code. feedstore's FastMaterializationEngine (`batch_engine`) instead picks the latest rows in Spark
+(`latest_rows`) and writes them to Redis from the executors.
 
 Entity rows: a pandas DataFrame, or a SQL string in the DuckDB dialect (the training-set builder passes DuckDB
 SQL that reads Parquet with `read_parquet(...)`, which Spark SQL cannot run): the query runs in DuckDB once per
@@ -47,7 +49,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,10 @@ class SparkPitOfflineStoreConfig(SparkOfflineStoreConfig):
     """Parent of each retrieval's private temp dir (entity rows and the ordered result); default: system temp."""
 
     def spark_settings(self) -> SparkConfig:
-        return SparkConfig(master=self.master, driver_memory=self.driver_memory,
+        """The session's settings; a master left as an unset `${VAR}` (FEEDSTORE_SPARK_MASTER, which the feedstore
+        CLI sets from the pipeline config) is SparkConfig's default, local[*]."""
+        master = SparkConfig().master if "${" in self.master else self.master
+        return SparkConfig(master=master, driver_memory=self.driver_memory,
                            executor_memory=self.executor_memory, shuffle_partitions=self.shuffle_partitions,
                            conf=dict(self.spark_conf or {}))
 
@@ -213,6 +218,34 @@ def _join_view(spark, entity, plan: _ViewPlan, span: tuple[int, int] | None, pre
     return joined.select(
         _ROW, *[F.when(fresh, F.col(f"m.f{i}")).alias(f"{prefix}{i}") for i in range(len(plan.features))],
         F.when(fresh, F.col("m.ts")).alias(f"{prefix}ts"))
+
+
+def latest_rows(spark, fv, start: datetime, end: datetime):
+    """Materialization's rows in Spark: (the latest row per entity of the view's FileSource with start <= timestamp
+    <= end, the candidate rows before the pick), as the duckdb store and Feast's materialization select them:
+    per entity, the newest event timestamp, ties to the newest created timestamp (nulls last). The columns are
+    the join keys, the features, the timestamp and the created timestamp. Bounds are instants (aware datetimes
+    against Spark timestamps in the UTC session), so Spark can prune Parquet row groups by their statistics."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    source = fv.batch_source
+    if not isinstance(source, FileSource):
+        raise TypeError(f"{fv.name}: materialization on Spark reads FileSource (Parquet) only")
+    keys = [c.name for c in fv.entity_columns]
+    ts, created = source.timestamp_field, source.created_timestamp_column or None
+    columns = [*keys, *[f.name for f in fv.features], ts] + ([created] if created and created != ts else [])
+    src = _read_parquet(spark, resolve_source_path(source.path.removeprefix("file://")))
+    missing = [c for c in columns if c not in src.columns]
+    if missing:
+        raise ValueError(f"{fv.name}: source {source.path} has no column(s) {missing}")
+    candidates = src.select(*[_col(c) for c in columns]).where(
+        (_col(ts) >= F.lit(start)) & (_col(ts) <= F.lit(end)))
+    order = [_col(ts).desc_nulls_last()] + ([_col(created).desc_nulls_last()] if created else [])
+    pick = Window.partitionBy(*[_col(k) for k in keys]).orderBy(*order)
+    rows = (candidates.withColumn("__rank", F.row_number().over(pick)).where(F.col("__rank") == 1)
+            .drop("__rank"))
+    return rows, candidates
 
 
 def _rechunk(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -479,4 +512,4 @@ class SparkPitOfflineStore(SparkOfflineStore):
             data_source_reader=_read_source, data_source_writer=_write_data_source)
 
 
-__all__ = ["SparkPitOfflineStore", "SparkPitOfflineStoreConfig", "SparkPitRetrievalJob"]
+__all__ = ["SparkPitOfflineStore", "SparkPitOfflineStoreConfig", "SparkPitRetrievalJob", "latest_rows"]

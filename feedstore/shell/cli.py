@@ -14,7 +14,15 @@ from typing import Any
 import click
 
 from feedstore.core.catalog import Catalog
-from feedstore.core.config import ENV_CONFIG, ENV_DATA_DIR, ENV_ENGINE, ENV_PRESET, PipelineConfig, load_config
+from feedstore.core.config import (
+    ENV_CONFIG,
+    ENV_DATA_DIR,
+    ENV_ENGINE,
+    ENV_PRESET,
+    ONLINE_STORES,
+    PipelineConfig,
+    load_config,
+)
 from feedstore.core.errors import FeedstoreError
 from feedstore.core.logs import configure_logging, redact
 
@@ -24,7 +32,7 @@ _DATE = click.DateTime(formats=["%Y-%m-%d"])
 #: Entity ids are int64 (the Arrow contracts): anything outside is a usage error, not an overflow deep in Feast.
 _ID = click.IntRange(-(2**63), 2**63 - 1)
 
-_ONLINE = click.option("--online-store", type=click.Choice(["sqlite", "redis", "redis-postgres"]), default=None,
+_ONLINE = click.option("--online-store", type=click.Choice(list(ONLINE_STORES)), default=None,
                        help="Online store (default: serving.online_store in the config, sqlite).")
 _TS = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 

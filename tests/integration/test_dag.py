@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -148,6 +149,60 @@ def test_a_rerun_of_the_day_is_idempotent(dag_run):
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert {p.name: p.read_bytes() for p in part.glob("*.parquet")} == before
     assert {p: p.stat().st_mtime_ns for p in older.glob("*.parquet")} == older_mtime  # other days untouched
+
+
+#: The same pipeline on Spark: FEEDSTORE_ENGINE=spark (validate, stats) and the redis-spark store (Feast's offline
+#: side on Spark: materialization inside Spark, the training set's point-in-time join, the skew check's retrieval).
+SPARK_CONFIG = CONFIG.replace("online_store: redis}", "online_store: redis-spark}") + \
+    "spark: {master: 'local[2]', shuffle_partitions: 2, driver_memory: 1g}\n"
+
+
+def test_dags_test_on_spark_equals_the_duckdb_run(dag_run, redis_db, tmp_path_factory):
+    """`airflow dags test` with FEEDSTORE_ENGINE=spark from an empty data dir (the cold start included) runs every
+    task on Spark through the same library functions, and leaves what the DuckDB run left: the same offline
+    tables, the same training set (every split, cell for cell) and the same bytes in Redis (every key, HGETALL)."""
+    import pandas as pd
+    import redis
+
+    from tests.conftest import require_spark, start_redis_server
+    from tests.helpers import assert_same_offline
+
+    require_spark()
+    duck_tmp, _, first, _ = dag_run
+    assert first.returncode == 0
+    tmp = tmp_path_factory.mktemp("airflow-spark")
+    server, url = start_redis_server(tmp)  # its own throwaway Redis
+    try:
+        env = airflow_env(tmp, url)
+        (tmp / "pipeline.yaml").write_text(SPARK_CONFIG)
+        env["FEEDSTORE_ENGINE"] = "spark"
+        env.pop("FEEDSTORE_SPARK_MASTER", None)
+        assert run(env, str(BIN / "airflow"), "db", "migrate").returncode == 0
+        res = run(env, str(BIN / "airflow"), "dags", "test", DAG_ID, "2024-11-15")
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out[-4000:]
+        assert "cold start: nothing validated before 2024-11-14" in out
+        assert "started: master local[2]" in out  # the one Spark session of the run
+        assert "validation passed on Spark" in out
+        written = set(re.findall(r"materialized (\w+) \[[^\]]*\] with the fast engine on Spark", out))
+        assert written == {"user_daily_stats", "item_daily_stats", "user_item_daily_stats"}  # each from Spark
+        assert "skew check at" in out
+        assert_same_offline(duck_tmp / "data", tmp / "data")
+        for split in ("train", "val", "test"):
+            a, b = (pd.read_parquet(d / "data" / "training" / "daily-2024-11-14" / f"{split}.parquet")
+                    for d in (duck_tmp, tmp))
+            pd.testing.assert_frame_equal(a, b, check_exact=True, obj=split)
+        dumps = []
+        for where in (redis_db, f"{url},db=0"):
+            address, _, db = where.partition(",db=")
+            host, port = address.rsplit(":", 1)
+            client = redis.Redis(host=host, port=int(port), db=int(db or 0))
+            keys = sorted(client.scan_iter(count=5000))
+            dumps.append({k: client.hgetall(k) for k in keys})
+        assert len(dumps[1]) > 1_000 and dumps[0] == dumps[1]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_a_backfill_equals_one_full_run(dag_run, tmp_path):

@@ -15,7 +15,8 @@ def compose() -> dict:
 
 def test_services_ports_and_health_checks():
     services = compose()["services"]
-    assert set(services) == {"redis", "postgres", "airflow", "feature-server", "ranking-server"}
+    assert set(services) == {"redis", "postgres", "airflow", "feature-server", "ranking-server", "spark-master",
+                             "spark-worker"}
     bind = "${FEEDSTORE_BIND:-127.0.0.1}"
     assert f"{bind}:6379:6379" in services["redis"]["ports"] and "healthcheck" in services["redis"]
     assert "healthcheck" in services["postgres"] and f"{bind}:5432:5432" in services["postgres"]["ports"]
@@ -38,7 +39,7 @@ def test_every_port_is_bound_to_loopback_by_default():
 def test_services_are_built_from_the_project_image_not_installed_at_start():
     services = compose()["services"]
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for name in ("airflow", "feature-server", "ranking-server"):
+    for name in ("airflow", "feature-server", "ranking-server", "spark-master", "spark-worker"):
         target = services[name]["build"]["target"]
         assert f" AS {target}" in dockerfile, name
         assert "pip install" not in " ".join(services[name]["command"]), name
@@ -71,3 +72,47 @@ def test_environment_matches_the_repo():
     assert "@postgres:5432/" in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     pg = services["postgres"]["environment"]
     assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@" in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def test_spark_cluster_the_airflow_driver_can_use():
+    """A Spark master and a worker built on the official apache/spark image of the driver's pyspark version, the
+    worker seeing the data dir at the driver's path; Airflow's env points the spark engine at the master and keeps
+    the engine choice to .env / the config."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    services = compose()["services"]
+    bind = "${FEEDSTORE_BIND:-127.0.0.1}"
+    master, worker, airflow = services["spark-master"], services["spark-worker"], services["airflow"]
+    assert "org.apache.spark.deploy.master.Master" in master["command"] and "7077" in master["command"]
+    assert f"{bind}:7077:7077" in master["ports"] and f"{bind}:8081:8080" in master["ports"]
+    assert "healthcheck" in master
+    assert "org.apache.spark.deploy.worker.Worker" in worker["command"]
+    assert "spark://spark-master:7077" in worker["command"]
+    assert worker["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    data = airflow["environment"]["FEEDSTORE_DATA_DIR"]
+    assert worker["environment"]["FEEDSTORE_DATA_DIR"] == data
+    assert f"feedstore-data:{data}" in worker["volumes"]
+    env = airflow["environment"]
+    assert env["FEEDSTORE_SPARK_MASTER"] == "spark://spark-master:7077"
+    assert env["FEEDSTORE_ENGINE"] == "${FEEDSTORE_ENGINE:-}"
+    assert env["FEEDSTORE_ONLINE_STORE"] == "${FEEDSTORE_ONLINE_STORE:-}"
+    assert "spark-master" in airflow["depends_on"]
+    # one Spark version on every side: the official image the master and workers are built on, the driver's pyspark
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    spark_version = re.search(r"^ARG SPARK_VERSION=(\S+)$", dockerfile, re.M).group(1)
+    assert "FROM apache/spark:${SPARK_VERSION} AS spark-dist" in dockerfile
+    assert '"pyspark==${SPARK_VERSION}"' in dockerfile
+    assert re.search(r"FROM base AS spark\n(.*\n)*?COPY --from=spark-dist /opt/spark /opt/spark", dockerfile)
+    try:
+        assert version("pyspark") == spark_version  # the tests' pyspark is the cluster's
+    except PackageNotFoundError:
+        pass
+
+
+def test_env_example_documents_every_compose_variable():
+    """Every ${VAR} compose reads (secrets, bind address, the engine switches) is in .env.example."""
+    text = (ROOT / "docker-compose.yaml").read_text()
+    names = set(re.findall(r"\$\{(\w+)(?::?[-?][^}]*)?\}", text)) - {"SPARK_WORKER_CORES", "SPARK_WORKER_MEMORY"}
+    example = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+               if "=" in line and not line.startswith("#")}
+    assert names <= example, names - example

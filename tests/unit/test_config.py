@@ -110,6 +110,23 @@ def test_engine_precedence_flag_over_env_over_preset_over_file(tmp_path):
     assert cfg.engine == "spark"  # flag beats env
 
 
+def test_spark_master_and_online_store_from_the_environment(tmp_path):
+    """FEEDSTORE_SPARK_MASTER and FEEDSTORE_ONLINE_STORE (docker compose sets them) beat the file and the preset,
+    keep the file's other spark settings, and lose to a flag; a bad store names its variable."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("spark: {master: 'spark://preset:7077'}\nserving: {online_store: redis}\n")
+    path = _write(tmp_path, {"spark": {"master": "local[2]", "driver_memory": "3g"}})
+    env = {"FEEDSTORE_SPARK_MASTER": "spark://spark-master:7077", "FEEDSTORE_ONLINE_STORE": "redis-spark"}
+    cfg = load_config(path, preset=str(preset), env=env)
+    assert cfg.spark.master == "spark://spark-master:7077" and cfg.spark.driver_memory == "3g"
+    assert cfg.serving.online_store == "redis-spark"
+    assert load_config(path, env=env, overrides={"serving.online_store": "sqlite"}).serving.online_store == "sqlite"
+    assert load_config(path, env={"FEEDSTORE_ONLINE_STORE": ""}).serving.online_store == "sqlite"  # empty: unset
+    with pytest.raises(ConfigError, match=r"online_store.*redis-spark.*\[from \$FEEDSTORE_ONLINE_STORE\]") as e:
+        load_config(path, env={"FEEDSTORE_ONLINE_STORE": "mongo"})
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
 def test_unknown_engine_names_its_source(tmp_path):
     with pytest.raises(ConfigError, match=r"engine: .*'duckdb' or 'spark'.*\[from \$FEEDSTORE_ENGINE\]") as e:
         load_config(_write(tmp_path, {}), env={"FEEDSTORE_ENGINE": "flink"})
