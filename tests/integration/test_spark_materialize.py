@@ -40,7 +40,8 @@ def _spark_repo(tmp: Path, name: str, connection: str) -> tuple[Path, Path]:
     assert "type: feedstore.plugins.spark_offline_store.SparkPitOfflineStore" in text
     text = text.replace("registry.redis-spark.db", f"registry.{name}.db")
     text = text.replace("${REDIS_CONNECTION_STRING}", connection).replace("${FEEDSTORE_SPARK_MASTER}", "local[2]")
-    text = text.replace("  batch_rows: 50000\n", "  batch_rows: 997\n")
+    text, n = re.subn(r"(?m)^  batch_rows: \d+$", "  batch_rows: 997", text)  # several batches per partition
+    assert n == 1, "the Spark yaml sets batch_rows"
     (repo / "feature_store.yaml").write_text(text)
     return repo, repo / "feature_store.yaml"
 
