@@ -13,11 +13,11 @@ FROM apache/spark:${SPARK_VERSION} AS spark-dist
 FROM python:3.11-slim AS base
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv && useradd --create-home --uid 10001 feedstore
+# the deployment's pipeline config sits here (FEEDSTORE_CONFIG in docker-compose.yaml); the package has the rest
 WORKDIR /opt/feedstore
 
-FROM base AS runtime
-COPY requirements/demo.lock requirements/demo.lock
-RUN pip install -r requirements/demo.lock
+# the project, built once into a wheel (package data and the stage folders included) that every target installs
+FROM base AS wheel
 COPY pyproject.toml README.md ./
 COPY feedstore feedstore
 COPY config config
@@ -25,7 +25,14 @@ COPY feature_repo feature_repo
 COPY ingestion ingestion
 COPY training_data training_data
 COPY serving serving
-RUN pip install --no-deps . && rm -rf build
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+FROM base AS runtime
+COPY requirements/demo.lock requirements/demo.lock
+RUN pip install -r requirements/demo.lock
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
+COPY config config
 USER feedstore
 
 FROM base AS airflow
@@ -34,14 +41,9 @@ COPY --from=spark-dist /opt/java/openjdk /opt/java/openjdk
 ENV JAVA_HOME=/opt/java/openjdk PATH=/opt/venv/bin:/opt/java/openjdk/bin:$PATH
 COPY requirements/test.lock requirements/test.lock
 RUN pip install -r requirements/test.lock psycopg2-binary "pyspark==${SPARK_VERSION}"
-COPY pyproject.toml README.md ./
-COPY feedstore feedstore
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
 COPY config config
-COPY feature_repo feature_repo
-COPY ingestion ingestion
-COPY training_data training_data
-COPY serving serving
-RUN pip install --no-deps . && rm -rf build
 COPY dags /opt/feedstore/dags
 USER feedstore
 
@@ -52,12 +54,7 @@ ENV JAVA_HOME=/opt/java/openjdk SPARK_HOME=/opt/spark PYSPARK_PYTHON=/opt/venv/b
     SPARK_WORKER_DIR=/tmp/spark-work PATH=/opt/venv/bin:/opt/spark/bin:/opt/java/openjdk/bin:$PATH
 COPY requirements/demo.lock requirements/demo.lock
 RUN pip install -r requirements/demo.lock
-COPY pyproject.toml README.md ./
-COPY feedstore feedstore
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
 COPY config config
-COPY feature_repo feature_repo
-COPY ingestion ingestion
-COPY training_data training_data
-COPY serving serving
-RUN pip install --no-deps . && rm -rf build
 USER feedstore

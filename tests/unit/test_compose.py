@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
 
@@ -44,6 +45,13 @@ def test_services_are_built_from_the_project_image_not_installed_at_start():
         assert f" AS {target}" in dockerfile, name
         assert "pip install" not in " ".join(services[name]["command"]), name
     assert "requirements/demo.lock" in dockerfile and "requirements/test.lock" in dockerfile
+    # every image a service runs has the project installed and the config file FEEDSTORE_CONFIG names
+    config = Path(services["airflow"]["environment"]["FEEDSTORE_CONFIG"])
+    assert "WORKDIR /opt/feedstore\n" in dockerfile and config.parent == Path("/opt/feedstore/config")
+    stages = dict(re.findall(r"(?ms)^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile))
+    for name in ("airflow", "feature-server", "ranking-server", "spark-master", "spark-worker"):
+        body = stages[services[name]["build"]["target"]]
+        assert "pip install --no-deps /wheels/*.whl" in body and "COPY config config" in body, name
 
 
 def test_secrets_come_from_the_environment_never_the_file():
