@@ -47,16 +47,27 @@ def write_json(obj: Any, target: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+_ASIDE = ".old-"  # replace_dir renames the old `<name>` to `.<name>.old-<random>` before deleting it
+
+
 def replace_dir(src: Path | None, target: Path) -> None:
     """Make `target` the directory `src` (or remove it if `src` is None): the old one is renamed aside first and
     deleted last, so `target` is never half-written (src must be on the same filesystem)."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    old = target.with_name(f".{target.name}{_ASIDE}{uuid.uuid4().hex[:8]}")
     if target.exists():
         os.replace(target, old)
     if src is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_replace_leftovers(root: Path) -> None:
+    """Remove the renamed-aside old folders that a process killed inside `replace_dir` left among `root`'s children
+    and grandchildren (call it while holding the lock of whatever swaps folders there)."""
+    if root.is_dir():
+        for old in [*root.glob(f".*{_ASIDE}*"), *root.glob(f"*/.*{_ASIDE}*")]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------- publishing

@@ -47,7 +47,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
-from feedstore.core.io import VersionStage, link_tree, replace_dir
+from feedstore.core.io import VersionStage, link_tree, remove_replace_leftovers, replace_dir
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
@@ -279,7 +279,7 @@ class StagedStats:
             link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
         self.version.publish()  # readers see the whole old offline/ or the whole new one
         cat = Catalog(self.data_dir)
-        _remove_leftovers(cat.intermediate / "tiles")  # of a run killed while swapping tiles (we hold the lock)
+        remove_replace_leftovers(cat.intermediate / "tiles")  # of a run killed while swapping tiles (we hold the lock)
         for view, days in self.tile_days.items():
             staged = self.intermediate / "tiles" / view
             if days is None:
@@ -313,15 +313,6 @@ class StagedStats:
     def __exit__(self, *exc) -> None:
         if not self.published:
             self.discard()
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Remove the hidden `.<name>.old-*` folders a run killed inside `replace_dir` left under `root`."""
-    if root.is_dir():
-        for old in root.glob("*/.*.old-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        for old in root.glob(".*.old-*"):
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_change(cat: Catalog, days: list[str], late_from: str | None) -> None:

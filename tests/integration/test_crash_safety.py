@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from feedstore.core.catalog import STAGE_OUTPUTS
+from tests.conftest import require_spark
 
 SMALL = ["--users", "400", "--items", "1500", "--interactions", "15000", "--start", "2024-02-01",
          "--end", "2024-03-31", "--seed", "11"]
@@ -152,9 +153,10 @@ def test_kill_training_set_at_publish_keeps_the_previous_set(published, tmp_path
     assert files() != before and not list((data / "training").glob(".v1.versions/*.staging"))
 
 
-def test_kill_spark_stats_at_publish_keeps_previous_outputs(published, tmp_path, spark):
+def test_kill_spark_stats_at_publish_keeps_previous_outputs(published, tmp_path):
     """The Spark engine publishes through the same versioned publication: killed at the switch, offline/ is the
     previous version whole, nothing staged sits under it; the rerun publishes the same rows as the DuckDB run."""
+    require_spark()  # Spark runs in the child processes: no session in this one
     data = copy_of(published, tmp_path)
     before = snapshot(data, "stats")
     args = ["--engine", "spark", "stats", "--start", "2024-03-10", "--end", "2024-03-12"]

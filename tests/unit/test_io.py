@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from feedstore.core.io import atomic_path, replace_dir, write_parquet
+from feedstore.core.io import atomic_path, remove_replace_leftovers, replace_dir, write_parquet
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -35,6 +35,18 @@ def test_replace_dir_swaps_whole_directory_and_removes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # nothing hidden left behind
     replace_dir(None, target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_leftovers_of_a_killed_replace_dir_are_removed(tmp_path):
+    """What replace_dir leaves when killed between its renames (the old folder, renamed aside), one and two levels
+    down, goes; everything else stays."""
+    old = tmp_path / "tiles" / "view" / ".date=2024-01-01.old-1a2b3c4d"
+    old.mkdir(parents=True)
+    (tmp_path / "tiles" / ".view.old-5e6f7a8b").mkdir()
+    (tmp_path / "tiles" / "view" / "date=2024-01-01").mkdir()
+    remove_replace_leftovers(tmp_path / "tiles")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "tiles", "tiles/view", "tiles/view/date=2024-01-01"]
 
 
 # ------------------------------------------------------------------------------------------ Publication
