@@ -47,14 +47,9 @@ COPY config config
 COPY dags /opt/feedstore/dags
 USER feedstore
 
-FROM base AS spark
+# the runtime image (the project and its runtime dependencies) plus Spark and Java
+FROM runtime AS spark
 COPY --from=spark-dist /opt/java/openjdk /opt/java/openjdk
 COPY --from=spark-dist /opt/spark /opt/spark
 ENV JAVA_HOME=/opt/java/openjdk SPARK_HOME=/opt/spark PYSPARK_PYTHON=/opt/venv/bin/python \
     SPARK_WORKER_DIR=/tmp/spark-work PATH=/opt/venv/bin:/opt/spark/bin:/opt/java/openjdk/bin:$PATH
-COPY requirements/demo.lock requirements/demo.lock
-RUN pip install -r requirements/demo.lock
-COPY --from=wheel /wheels /wheels
-RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
-COPY config config
-USER feedstore
