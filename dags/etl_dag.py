@@ -77,7 +77,7 @@ def etl_and_feature_engineering():
     @task
     def build_history() -> str:
         """Cold start: on an empty data dir, build the history the features need (nothing otherwise)."""
-        from feedstore.shell.runner import prepare_history as run
+        from feedstore.shell.runner import build_history as run
 
         day, end = _day_and_end()
         _gate(run, _config(), day, as_of=end)

@@ -2,9 +2,9 @@
 schemas, descriptions and ttls are read from it, never restated here.
 
 Every view has a deliberate ttl (the spec's rule): user / item daily stats get a row whenever a value changes and
-at least every `heartbeat_days` (28), so a ttl of heartbeat + 1 day always reaches the current row and values
-between rows are exact (windows drop to 0 through "expiry" rows, never by going stale); user x item rows exist
-only on days the pair was active, and after 30 idle days the pair's history counts as absent (null, served as 0).
+at least every `heartbeat_days`, so a ttl of heartbeat + 1 day always reaches the current row and values between
+rows are exact (windows drop to 0 through "expiry" rows, never by going stale); user x item rows exist only on days
+the pair was active, and after `ttl_days` idle days the pair's history counts as absent (null, served as 0).
 """
 
 from data_sources import item_daily_stats_source, user_daily_stats_source, user_item_daily_stats_source
@@ -28,7 +28,7 @@ def feature_view(view, entities, source) -> FeatureView:
         schema=[Field(name=c.name, dtype=FEAST_TYPES[c.dtype], description=c.description) for c in view.columns()],
         source=source,
         online=True,
-        description=view.description,
+        description=view.summary,
         owner="feedstore",
         tags={"grain": "daily", "entity": view.entity, "rows": view.rows},
     )

@@ -39,10 +39,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from feedstore.core.config import PipelineConfig
-from feedstore.core.contracts import DEVICES, FEATURE_SERVICE
+from feedstore.core.contracts import DEVICES
 from feedstore.core.errors import FeedstoreError, ServingError
 from feedstore.core.feast_repo import feature_store, redact
-from feedstore.core.spec import FEATURE_SPEC
+from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.serving.ranking import AGE_COLUMNS, FLAG_COLUMNS, entity_rows_features, lookup_document
 from feedstore.serving.request import RankingContext
 

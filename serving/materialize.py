@@ -30,6 +30,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.errors import ConfigError
 from feedstore.core.feast_repo import feature_store
 from feedstore.core.progress import Progress
+from feedstore.core.spec import FEATURE_SPEC
 from feedstore.serving.store import latest_materialized, latest_snapshot
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,7 @@ def _rewritten_since(cfg: PipelineConfig, online_store: str) -> tuple[datetime |
 def _count_latest(cfg: PipelineConfig, view: str, start: datetime, end: datetime) -> int:
     import duckdb
 
-    keys = "user_id, item_id" if view == "user_item_daily_stats" else ("user_id" if view.startswith("user") else
-                                                                         "item_id")
+    keys = ", ".join(FEATURE_SPEC.view(view).keys)
     glob = Catalog(cfg.data_dir).view_glob(view)
     return duckdb.execute(f"SELECT count(DISTINCT ({keys})) FROM read_parquet($glob, hive_partitioning = false) "
                           "WHERE event_timestamp BETWEEN $s AND $e", {"glob": str(glob), "s": start, "e": end}

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feedstore.core.contracts import FEATURE_SERVICE, ITEM_SENTINEL, PAIR_SENTINEL, USER_SENTINEL
+from feedstore.core.contracts import ITEM_SENTINEL, PAIR_SENTINEL, USER_SENTINEL, udf_input
 from feedstore.core.errors import ServingError
-from feedstore.core.spec import FEATURE_SPEC
+from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.serving.redis_codec import _decode
 from feedstore.serving.request import RankingContext
 
@@ -187,8 +187,6 @@ def _seconds_to_datetime(seconds: np.ndarray) -> pd.DatetimeIndex:
 
 def _udf_input(values: list) -> Any:
     """A list-valued feature for the UDFs, converted as the offline store converts it (`udf_input`)."""
-    from feedstore.plugins.asof_duckdb import udf_input
-
     try:
         return udf_input(pa.array(values))
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # values Arrow cannot type: the UDF gets them as they are

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from feedstore.core.config import DEVICES, PipelineConfig
-from feedstore.core.contracts import FEATURE_SERVICE
 from feedstore.core.errors import ServingError, SkewFound
 from feedstore.core.feast_repo import feature_store
+from feedstore.core.spec import FEATURE_SERVICE
 from feedstore.serving.ranking import _plain
 from feedstore.serving.store import latest_materialized, latest_snapshot
 

@@ -38,11 +38,11 @@ import pyarrow as pa
 from feedstore.core import duck
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
-from feedstore.core.contracts import FEATURE_SERVICE, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
-from feedstore.core.errors import FeedstoreError, InputDataError
+from feedstore.core.contracts import FEATURE_TS_PREFIX, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
+from feedstore.core.errors import EntityDataFrameError, FeedstoreError, InputDataError
 from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
 from feedstore.core.progress import Progress
-from feedstore.core.spec import FEATURE_SPEC
+from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     from feast.errors import FeastError
 
     from feedstore.core.feast_repo import feature_store
-    from feedstore.plugins.asof_duckdb import FEATURE_TS_PREFIX, EntityDataFrameError
     from feedstore.training_data.report import FeatureSummary, feature_report
 
     t0 = time.perf_counter()

@@ -241,9 +241,10 @@ class SplitConfig(_Strict):
     max_null_fraction: float = Field(
         0.6, ge=0.0, le=1.0, description="Training-set gate: any feature null in more rows than this fails."
     )
-    sparse_features: list[str] = Field(
-        default=["user_item_impressions", "user_item_clicks"],
-        description="Features whose null means 'never happened' (first exposure): allowed up to 99.5% null.",
+    sparse_features: list[str] | None = Field(
+        default=None,
+        description="Features whose null means 'never happened' (first exposure): allowed up to 99.5% null. "
+        "null: the feature spec's active-days views (the user x item history).",
     )
     suspicious_auc: float = Field(
         0.9, gt=0.5, le=1.0, description="`feedstore evaluate` flags a baseline AUC at or above this as likely leakage."

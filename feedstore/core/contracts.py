@@ -1,8 +1,11 @@
 """Data contracts shared by the stages: the raw tables' Arrow schemas, the request vocabulary (devices, time of
-day), and the names the serving side and the training side agree on (the feature service, the columns that tell
-whether an entity exists online). Paths live in `catalog.py`, features in `spec.py`."""
+day), and the names the serving side and the training side agree on (the columns that tell whether an entity
+exists online, the joined feature rows' timestamp columns, the on-demand UDFs' input form). Paths live in
+`catalog.py`, features (and the feature service's name) in `spec.py`."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pyarrow as pa
 
@@ -60,8 +63,9 @@ def time_of_day_code(hour):  # numpy int array -> codes into TIME_OF_DAY
 #: Devices an impression can come from, in one-hot order.
 DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
 
-#: The versioned feature service both the ranker and the training-set builder use.
-FEATURE_SERVICE = "feed_ranking_v1"
+#: Columns `<prefix><view>` hold the timestamp of the feature row each entity row was joined to (the offline stores
+#: keep them only when asked, for the training-set gate: none may be later than the row's timestamp).
+FEATURE_TS_PREFIX = "_feature_ts__"
 
 #: Columns that tell whether an entity exists online: never null for a materialized entity (Feast's Redis store
 #: reports absent keys as present with null values, so absence is read from these).
@@ -86,3 +90,24 @@ def offline_schema(view) -> pa.Schema:
     column the spec derives, in order. Feast's FeatureView schema is derived from the same spec."""
     return pa.schema([*(pa.field(k, pa.int64()) for k in view.keys), pa.field("event_timestamp", TIMESTAMP),
                       *(pa.field(c.name, ARROW_TYPES[c.dtype]) for c in view.columns())])
+
+
+def udf_input(col: pa.Array | pa.ChunkedArray) -> Any:
+    """A column as the on-demand UDFs' vectorized input, online and offline alike (both stores and the online
+    ranker feed the UDFs through this): a 2-D float array (NaN rows = missing) for equal-length numeric lists, else
+    a pandas Series."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) and (
+            pa.types.is_integer(col.type.value_type) or pa.types.is_floating(col.type.value_type)):
+        valid = np.asarray(col.is_valid())
+        lengths = pc.list_value_length(col).fill_null(0).to_numpy()
+        width = int(lengths.max()) if len(col) else 0
+        if width and (lengths[valid] == width).all():
+            matrix = np.full((len(col), width), np.nan)
+            matrix[valid] = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)
+            return matrix
+    return col.to_pandas()

@@ -43,6 +43,11 @@ class ColdStart(ValidationFailed):
     """Every training row precedes the first statistics snapshot: too little history, not a broken join."""
 
 
+class EntityDataFrameError(ValueError):
+    """The entity rows given to a point-in-time retrieval lack a column the requested features need (raised by the
+    offline stores before any query runs; the training-set builder reports it in one line)."""
+
+
 class ServingError(FeedstoreError):
     """The online store or the feature repository cannot serve (unreachable, not applied, not materialized)."""
 

@@ -2,9 +2,9 @@
 
 GX 1.x rebuilds an expectation's whole `configuration` (a pydantic `dict()` of the expectation) once per domain
 and success key in `Expectation._get_domain_kwargs` / `_get_success_kwargs`, which run for every metric of every
-expectation: ~115 configurations per expectation per validation, about a quarter of the time GX spends on the
-41-rule interactions suite (profile in bench/RESULTS.md). The replacements build the configuration once per call
-and look every key up in it: the same keys, values and defaults, in the same order, the same errors.
+expectation: over a hundred configurations per expectation per validation, a large share of GX's time on the
+interactions suite (the profile and figures are in bench/RESULTS.md). The replacements build the configuration
+once per call and look every key up in it: the same keys, values and defaults, in the same order, the same errors.
 """
 
 from __future__ import annotations

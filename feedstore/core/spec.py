@@ -179,6 +179,14 @@ class ViewSpec:
         return timedelta(days=self.ttl_days or 0)
 
     @property
+    def summary(self) -> str:
+        """The description with what the spec says of the view's windows and rows (Feast shows it)."""
+        rows = (f"a row when a value changes and at least every {self.heartbeat_days} days"
+                if self.rows == "change_points" else "a row on each day the key was active")
+        return (f"{self.description} Windows: {' / '.join(self.window_label(w) for w in self.sorted_windows)}; "
+                f"{rows}; ttl {self.ttl.days} days.")
+
+    @property
     def sorted_windows(self) -> tuple[int | None, ...]:
         """Windows shortest first, lifetime last (nested: each contains the previous)."""
         return tuple(sorted(w for w in self.windows if w is not None)) + ((LIFETIME,) if LIFETIME in self.windows
@@ -261,6 +269,11 @@ class FeatureSpec:
     def on_demand_view(self, name: str) -> OnDemandSpec:
         return next(o for o in self.on_demand if o.name == name)
 
+    def sparse_columns(self) -> list[str]:
+        """Features whose null means "never happened" rather than a broken join: those of active-days views (a key
+        has rows only once it was active, so a first exposure has none)."""
+        return [c.name for v in self.views if v.rows == "active_days" for c in v.columns()]
+
     def service_columns(self) -> list[Column]:
         """Every column of the feature service, in its declared order (the training splits' feature order)."""
         out: list[Column] = []
@@ -302,6 +315,7 @@ _COUNTS = (
          "dwell of clicks, ms"),
 )
 _CTR_PRIOR = {"prior_mean": 0.1, "prior_strength": 20.0}
+_AFFINITY_WINDOW = 30  # days of clicks behind the category affinity
 
 
 def _engagement(extra: tuple[Feature, ...] = ()) -> tuple[Feature, ...]:
@@ -312,7 +326,8 @@ def _engagement(extra: tuple[Feature, ...] = ()) -> tuple[Feature, ...]:
         Feature("shares", "count", "shares", "shares"),
         Feature("dwell_mean", "mean", "dwell_ms", "mean dwell (s) of clicks", per="clicks", divisor=1000.0),
         Feature("ctr_smoothed", "beta_rate", "clicks", "(clicks + a) / (impressions + a + b), Beta prior with mean "
-                "0.1 and strength 20", per="impressions", **_CTR_PRIOR),
+                "{prior_mean:g} and strength {prior_strength:g}".format(**_CTR_PRIOR), per="impressions",
+                **_CTR_PRIOR),
         *extra,
     )
 
@@ -322,12 +337,12 @@ USER_DAILY_STATS = ViewSpec(
     entity="user",
     keys=("user_id",),
     prefix="user",
-    description="User engagement over 1/7/30-day windows and lifetime, as of the end of each day.",
+    description="User engagement as of the end of each day.",
     tiles=(*_COUNTS, Tile("category_clicks", "click", "clicks per item category", per_category=True)),
     features=(*_engagement(),
               Feature("user_category_affinity", "distribution", "category_clicks",
                       "share of the user's clicks per category (Laplace-smoothed), index = category",
-                      per="clicks", pseudo=1.0, window=30)),
+                      per="clicks", pseudo=1.0, window=_AFFINITY_WINDOW)),
     attributes=(Attribute("user_signup_timestamp", "signup_date", "timestamp", "when the user signed up",
                           transform="second", born=True),),
     entity_table="users",
@@ -338,7 +353,7 @@ ITEM_DAILY_STATS = ViewSpec(
     entity="item",
     keys=("item_id",),
     prefix="item",
-    description="Item engagement and popularity over 1/7/30-day windows and lifetime, as of the end of each day.",
+    description="Item engagement and popularity as of the end of each day.",
     tiles=_COUNTS,
     features=_engagement((Feature("log_popularity", "log1p", "impressions", "ln(1 + impressions)"),)),
     attributes=(Attribute("item_category", "category", "int32", "content category", default=-1,
@@ -379,12 +394,12 @@ REQUEST_CONTEXT = OnDemandSpec(
 USER_ITEM_CONTEXT = OnDemandSpec(
     name="user_item_context",
     description="Computed at request time: user_days_since_signup and item_age_days (from stored timestamps, exact "
-    "at any moment), user_category_affinity_for_item (the user's 30-day click share in the candidate item's "
-    "category). NaN where the user or item is unknown (cold start), in training sets and online alike.",
+    f"at any moment), user_category_affinity_for_item (the user's {_AFFINITY_WINDOW}-day click share in the candidate "
+    "item's category). NaN where the user or item is unknown (cold start), in training sets and online alike.",
     outputs=(Column("user_days_since_signup", "float64", "days since the user signed up"),
              Column("item_age_days", "float64", "days since the item was published"),
              Column("user_category_affinity_for_item", "float64",
-                    "the user's 30-day click share in the item's category", default="uniform")),
+                    f"the user's {_AFFINITY_WINDOW}-day click share in the item's category", default="uniform")),
 )
 
 FEATURE_SPEC = FeatureSpec(
@@ -392,6 +407,9 @@ FEATURE_SPEC = FeatureSpec(
     on_demand=(REQUEST_CONTEXT, USER_ITEM_CONTEXT),
     service="feed_ranking_v1",
 )
+
+#: The versioned feature service both the ranker and the training-set builder use (the spec's).
+FEATURE_SERVICE = FEATURE_SPEC.service
 
 
 def markdown_table(spec: FeatureSpec = FEATURE_SPEC) -> str:

@@ -42,13 +42,12 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from pydantic import StrictStr
 
 from feedstore.core import duck
+from feedstore.core.contracts import FEATURE_TS_PREFIX, udf_input
+from feedstore.core.errors import EntityDataFrameError
 
 log = logging.getLogger(__name__)
 
 _ROW = "__feedstore_row"
-#: Columns `<prefix><view>` hold the timestamp of the feature row each entity row was joined to (kept only by
-#: `iter_batches(keep_feature_ts=True)`, for the training-set gate: none may be later than the row's timestamp).
-FEATURE_TS_PREFIX = "_feature_ts__"
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -312,23 +311,6 @@ class AsofRetrievalJob(RetrievalJob):
         return self._query
 
 
-def udf_input(col: pa.Array | pa.ChunkedArray) -> Any:
-    """A column as the UDFs' vectorized input, online and offline alike: a 2-D float array (NaN rows = missing)
-    for equal-length numeric lists, else a pandas Series."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) and (
-            pa.types.is_integer(col.type.value_type) or pa.types.is_floating(col.type.value_type)):
-        valid = np.asarray(col.is_valid())
-        lengths = pc.list_value_length(col).fill_null(0).to_numpy()
-        width = int(lengths.max()) if len(col) else 0
-        if width and (lengths[valid] == width).all():
-            matrix = np.full((len(col), width), np.nan)
-            matrix[valid] = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)
-            return matrix
-    return col.to_pandas()
-
-
 class _LazyInputs(dict):
     """The UDF's input dict: each column is converted from Arrow only when the UDF reads it."""
 
@@ -366,10 +348,6 @@ def _apply_odfv(odfv, table: pa.Table, full_feature_names: bool) -> pa.Table:
         values = result[f.name]
         table = table.append_column(out, pa.array(np.asarray(values) if not isinstance(values, pa.Array) else values))
     return table
-
-
-class EntityDataFrameError(ValueError):
-    """The entity dataframe lacks a column the requested features need (raised before any query runs)."""
 
 
 def _check_entity_columns(columns: list[str], feature_views: list, odfvs: list) -> None:

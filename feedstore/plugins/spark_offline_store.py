@@ -64,12 +64,12 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from pydantic import StrictInt, StrictStr
 
 from feedstore.core import duck
+from feedstore.core.contracts import FEATURE_TS_PREFIX
+from feedstore.core.errors import EntityDataFrameError
 from feedstore.core.spark import SparkConfig, get_spark
 from feedstore.plugins.asof_duckdb import (
     _ROW,
-    FEATURE_TS_PREFIX,
     AsofRetrievalJob,
-    EntityDataFrameError,
     _apply_odfv,
     _check_entity_columns,
     _entity_rows,

@@ -36,7 +36,7 @@ def generate_events(cfg: PipelineConfig, *, fault_rate: float = 0.0, workers: in
     return res
 
 
-def prepare_history(cfg: PipelineConfig, day: date, *, as_of: datetime) -> list[date]:
+def build_history(cfg: PipelineConfig, day: date, *, as_of: datetime) -> list[date]:
     """The cold start of a daily run for `day`: if nothing is validated before `day` (an empty data dir), generate,
     validate and compute the statistics of every day from `generation.start` (where the event source begins) to
     day - 1, so the features have the history they need (lifetime values included). The generator is

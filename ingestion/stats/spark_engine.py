@@ -100,10 +100,6 @@ def _tile_columns(view: ViewSpec, categories: int) -> tuple[list, list[str], int
     return [e.alias(n) for e, n in zip(exprs, names, strict=True)], names, narrow
 
 
-def _label(window: int | None) -> str:
-    return "lifetime" if window is None else f"{window}d"
-
-
 def _window_columns(view: ViewSpec, names: list[str], narrow: int) -> dict[int | None, list[str]]:
     """The sums each window keeps (as in the sweep): every window the plain tiles, distribution windows also the
     per-category tiles."""
@@ -120,7 +116,7 @@ def feature_batches(batches: Iterator[pa.RecordBatch], view: ViewSpec, names: li
     key = view.keys[0]
     for b in batches:
         day = b.column("__day").to_numpy(zero_copy_only=False).astype(np.int64)
-        sums = {w: np.stack([b.column(f"{n}__{_label(w)}").to_numpy(zero_copy_only=False).astype(np.int64)
+        sums = {w: np.stack([b.column(f"{n}__{view.window_label(w)}").to_numpy(zero_copy_only=False).astype(np.int64)
                              for n in cols]).reshape(len(cols), b.num_rows) for w, cols in windows.items()}
         features = _feature_columns(view, _Snapshot(0, day, sums), index, categories)
         out = {key: b.column(key), "event_timestamp": pa.array((day + 1) * _DAY_US, TIMESTAMP), **features,
@@ -173,8 +169,9 @@ def _change_points(spark: SparkSession, ev: DataFrame, entity_table: Path, view:
     order = Window.partitionBy(key).orderBy("__day")
     frames = {w: order.rowsBetween(Window.unboundedPreceding, Window.currentRow) if w is None
               else order.rangeBetween(-(w - 1), Window.currentRow) for w in windows}
-    summed = timeline.select(key, "__day", "__row", *[F.sum(n).over(frames[w]).cast("bigint").alias(f"{n}__{_label(w)}")
-                                                       for w, cols in windows.items() for n in cols])
+    summed = timeline.select(key, "__day", "__row",
+                             *[F.sum(n).over(frames[w]).cast("bigint").alias(f"{n}__{view.window_label(w)}")
+                               for w, cols in windows.items() for n in cols])
     rows = (summed.where(F.col("__row")).drop("__row")
             .join(ent.drop("__birth"), key)
             .withColumn("date", _date_column("__day")))

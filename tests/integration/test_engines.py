@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from feedstore.core.contracts import offline_schema
-from feedstore.core.spec import FEATURE_SPEC, LIFETIME, USER_DAILY_STATS
+from feedstore.core.spec import FEATURE_SPEC, LIFETIME, USER_DAILY_STATS, Feature, Tile
 from tests.conftest import ROOT, pipeline_config
 
 VIEWS = [v.name for v in FEATURE_SPEC.views]
@@ -137,15 +137,19 @@ def test_a_few_days_recomputed_on_spark_equal_those_days_of_the_duckdb_run(stats
 
 
 def test_a_changed_spec_compiles_to_the_same_tables_on_both_engines(stats_data, spark, tmp_path):
-    """The Spark engine is compiled from the spec, not written for today's windows: other windows and another
-    heartbeat give equal tables on both engines."""
-    view = replace(USER_DAILY_STATS, windows=(3, 14, LIFETIME), heartbeat_days=5)
+    """The Spark engine is compiled from the spec, not written for today's windows and tiles: other windows,
+    another heartbeat and one more aggregation (a new tile bounded by clicks) give equal tables on both engines."""
+    long_dwells = Tile("long_dwells", "CASE WHEN click = 1 AND dwell_time > 30 THEN 1 ELSE 0 END",
+                       "clicks that dwelt over 30 s", bounded_by="clicks")
+    view = replace(USER_DAILY_STATS, windows=(3, 14, LIFETIME), heartbeat_days=5,
+                   tiles=(*USER_DAILY_STATS.tiles, long_dwells),
+                   features=(*USER_DAILY_STATS.features, Feature("long_dwells", "count", "long_dwells", "long dwells")))
     spec = replace(FEATURE_SPEC, views=(view,), on_demand=(), service_order=())
     d = _inputs_copy(stats_data, tmp_path / "d")
     duck, spk = _staged("duckdb", d, spec), _staged("spark", d, spec)
     assert_same_offline(duck, spk, spec.views)
     cols = read_table(spk / view.name).column_names
-    assert "user_clicks_14d" in cols and "user_clicks_7d" not in cols
+    assert "user_clicks_14d" in cols and "user_long_dwells_3d" in cols and "user_clicks_7d" not in cols
 
 
 def test_the_duckdb_engine_never_imports_pyspark():

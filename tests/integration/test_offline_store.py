@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feedstore.plugins.asof_duckdb import EntityDataFrameError
+from feedstore.core.errors import EntityDataFrameError
 
 TTL = timedelta(hours=2)
 T0 = pd.Timestamp("2024-05-01 00:00:00", tz="UTC")

@@ -24,7 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from feedstore.plugins.asof_duckdb import FEATURE_TS_PREFIX, EntityDataFrameError
+from feedstore.core.contracts import FEATURE_TS_PREFIX
+from feedstore.core.errors import EntityDataFrameError
 from tests.conftest import ROOT, pipeline_config
 from tests.integration.test_offline_store import REPO, T0, TTL, YAML, _entity_rows, _feature_rows, brute_force
 
