@@ -1,11 +1,18 @@
-"""Benchmark the two engines (`--engine duckdb | spark`): `feedstore validate` and `feedstore stats` at 1M events.
+"""Benchmark the two engines (`--engine duckdb | spark`): `feedstore validate`, `feedstore stats` and
+`feedstore training-set` at 1M events.
 
-Run:  .venv/bin/python bench/engines.py [--events 1000000] [--master local[2]] [--out bench/out]
+Run:  .venv/bin/python bench/engines.py [--events 1000000] [--master local[2]] [--stages validate,stats,training-set]
+      [--out bench/out]
 The events are generated once (not timed). Each stage then runs in a fresh `feedstore` process per engine, so
 the numbers include process start-up, imports and, for Spark, starting the JVM and the session (what a user
 sees on one machine). Reported per run: wall time, CPU time (user + system, summed over the process tree: the
 Python driver, the JVM, the Python workers) and the peak summed RSS of the tree. The two engines' outputs are
 then compared content for content (bench/compare_outputs.py) and the result printed.
+
+The training set runs through each engine's Feast offline store, as a user would pick it: DuckDB through the
+default store (`sqlite`: the ASOF DuckDB offline store), Spark through `--online-store redis-spark` (the Spark
+point-in-time store; a throwaway redis-server serves as its online store, untouched by the training set). Each
+is applied first (untimed); both build the same named version, so the splits are compared too.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from measure import start_redis  # noqa: E402
 
 
 def run_tree(cmd: list[str], env: dict[str, str], interval: float = 0.1) -> tuple[float, float, float, int, str]:
@@ -53,7 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--master", default="local[2]", help="Spark master of the spark runs")
-    parser.add_argument("--stages", default="validate,stats", help="comma-separated: validate, stats")
+    parser.add_argument("--stages", default="validate,stats",
+                        help="comma-separated, in pipeline order: validate, stats, training-set")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "engines")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -69,27 +79,47 @@ def main() -> None:
     feedstore = [sys.executable, "-m", "feedstore", "--config", str(config), "--log-level", "WARNING"]
     _, _, _, rc, err = run_tree([*feedstore, "generate", "--interactions", str(args.events), "--no-report"], env)
     assert rc == 0, f"generation failed: {err}"
+    wanted = args.stages.split(",")
+    unknown = set(wanted) - {"validate", "stats", "training-set"}
+    assert not unknown, f"unknown stages {sorted(unknown)}"
     copied = ["raw"]
-    if "validate" not in args.stages:  # stats read validated data: validate once, untimed, on DuckDB
-        _, _, _, rc, err = run_tree([*feedstore, "validate", "--as-of", "2026-01-01"], env)
-        assert rc == 0, f"validation failed: {err}"
-        copied.append("validated")
+    prepared = [s for s in ("validate", "stats") if s not in wanted and (s == "validate" or "training-set" in wanted)]
+    for stage in prepared:  # inputs of the measured stages, computed once, untimed, on DuckDB
+        cmd = ["validate", "--as-of", "2026-01-01"] if stage == "validate" else ["stats"]
+        _, _, _, rc, err = run_tree([*feedstore, *cmd], env)
+        assert rc == 0, f"{stage} failed: {err}"
+        copied.append("validated" if stage == "validate" else "offline")
+    redis = None
+    if "training-set" in wanted:
+        redis, where = start_redis(args.out)
+        env["REDIS_CONNECTION_STRING"] = where
     dirs = {}
-    for engine in ("duckdb", "spark"):
-        d = args.out / engine
-        for part in copied:
-            shutil.copytree(src / part, d / part)
-        dirs[engine] = d
-        run_env = {**env, "FEEDSTORE_DATA_DIR": str(d)}
-        stages = {"validate": ["validate", "--as-of", "2026-01-01"], "stats": ["stats"]}
-        for stage in (stages[s] for s in args.stages.split(",")):
-            wall, cpu, peak, rc, err = run_tree([*feedstore, "--engine", engine, *stage], run_env)
-            assert rc == 0, f"{engine} {stage[0]} failed: {err}"
-            where = f"Spark {args.master}" if engine == "spark" else "DuckDB"
-            print(f"{args.events:,} events  {stage[0]:8s} {where:16s} wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
-                  f"peak RSS {peak:6.0f} MiB", flush=True)
+    try:
+        for engine in ("duckdb", "spark"):
+            d = args.out / engine
+            for part in copied:
+                shutil.copytree(src / part, d / part, symlinks=False)
+            dirs[engine] = d
+            run_env = {**env, "FEEDSTORE_DATA_DIR": str(d)}
+            store = ["--online-store", "redis-spark" if engine == "spark" else "sqlite"]
+            stages = {"validate": ["validate", "--as-of", "2026-01-01"], "stats": ["stats"],
+                      "training-set": ["training-set", "--version", "bench", *store]}
+            for name in wanted:
+                if name == "training-set":  # the registry first (untimed)
+                    _, _, _, rc, err = run_tree([*feedstore, "--engine", engine, "apply", *store], run_env)
+                    assert rc == 0, f"{engine} apply failed: {err}"
+                wall, cpu, peak, rc, err = run_tree([*feedstore, "--engine", engine, *stages[name]], run_env)
+                assert rc == 0, f"{engine} {name} failed: {err}"
+                where = f"Spark {args.master}" if engine == "spark" else "DuckDB"
+                print(f"{args.events:,} events  {name:12s} {where:16s} wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
+                      f"peak RSS {peak:6.0f} MiB", flush=True)
+    finally:
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
+    training = ["--training", "bench", "bench"] if "training-set" in wanted else []
     compare = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_outputs.py"), str(dirs["duckdb"]),
-                              str(dirs["spark"])], capture_output=True, text=True)
+                              str(dirs["spark"]), *training], capture_output=True, text=True)
     print(compare.stdout.strip())
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
