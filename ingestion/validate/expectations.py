@@ -1,7 +1,7 @@
-"""Expectation suites (GX 1.x, as code) guarding the raw-data contract in `ingestion/schemas.py`.
+"""Expectation suites (GX 1.x, as code) guarding the raw-data contract in `feedstore/core/contracts.py`.
 
 Row rules quarantine the rows they flag, each with its rule name as the reason; table rules stop the run.
-Rule names for injected defects equal the fault kinds in `ingestion/faults.py`, so counts reconcile 1:1.
+Rule names for injected defects equal the fault kinds in `ingestion/generate/faults.py`, so counts reconcile 1:1.
 Exact Arrow types are checked when files are read (a wrong type is an input error, before GX runs).
 
 Duplicates policy: `interaction_id` is unique; a repeated id keeps its first occurrence (earliest
