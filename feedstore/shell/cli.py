@@ -382,7 +382,7 @@ def evaluate(g: Globals, version) -> None:
 
 
 @cli.command()
-@click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
+@click.option("--online-store", type=click.Choice(list(ONLINE_STORES)), default=None,
               help="Registry to show (default: the configured store if applied, else the one that was applied).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8888, show_default=True, help="Port of the UI.")

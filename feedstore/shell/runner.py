@@ -257,10 +257,11 @@ def feast_ui(cfg: PipelineConfig, online_store: str | None = None, *, host: str 
     """`ui`: Feast's web UI on the registry that was applied. Each online store has its own registry, so the UI of
     a store nobody applied is empty (and Feast would silently create an empty registry): pick the configured store
     if it was applied, else the applied one, and say which."""
+    from feedstore.core.feast_repo import SQL_REGISTRY, applied_stores
     from feedstore.serving.store import feast_ui as run
 
     cat = Catalog(cfg.data_dir)
-    applied = [s for s in ("sqlite", "redis") if cat.registry(s).exists()]
+    applied = applied_stores(cfg)
     if online_store is None:
         preferred = cfg.serving.online_store
         online_store = preferred if preferred in applied else (applied[0] if applied else preferred)
@@ -268,7 +269,7 @@ def feast_ui(cfg: PipelineConfig, online_store: str | None = None, *, host: str 
             log.warning("the %s online store was never applied here; showing the %s registry instead "
                         "(`feedstore apply --online-store %s` to register the other)", preferred, online_store,
                         preferred)
-    if online_store not in applied:
+    if online_store not in applied and online_store not in SQL_REGISTRY:  # (a SQL registry: its URL is checked)
         from feedstore.core.errors import ServingError
 
         raise ServingError(f"{cat.registry(online_store)}: no Feast registry for the {online_store} store; run "
