@@ -169,6 +169,17 @@ def run(g: Globals, users, items, interactions, start, end, seed, online_store, 
     if online_store:
         overrides["serving.online_store"] = online_store
     cfg = g.load(overrides)
+    if skip_generate:  # the raw data is taken as it is: generation options may only restate how it was made
+        from feedstore.shell.runner import raw_generation
+
+        made = raw_generation(cfg)
+        asked = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("generation.") and v is not None}
+        if any(getattr(made, k) != v for k, v in asked.items()):
+            raise click.UsageError(
+                f"--skip-generate takes the raw data as it is: it covers {made.start}..{made.end} "
+                f"({made.interactions:,} interactions, {made.users:,} users, {made.items:,} items, seed {made.seed}), "
+                f"but {' '.join(f'--{k} {v}' for k, v in asked.items())} says otherwise; drop those options or "
+                "drop --skip-generate")
     out = run_pipeline(cfg, progress=sys.stderr.isatty(), fault_rate=fault_rate, skip_generate=skip_generate)
     answer, built, metrics = out["lookup"], out["training_set"], out["metrics"]
     log.info("sample lookup: user %s on %s at %s, %d candidates (full JSON: `feedstore lookup`)\n%s",
