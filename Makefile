@@ -7,8 +7,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.feedstore-installed
 DEMO_STAMP := $(VENV)/.feedstore-demo
-# Pinned installs (no resolution at install time): demo.lock = the runtime dependencies only; test.lock = runtime +
-# the `airflow`, `dev` and `postgres` extras. `make lock` re-resolves both from pyproject.toml.
+# Pinned installs (no resolution at install time): demo.lock = the runtime dependencies + the `ui` extra (so the
+# `feedstore ui` the demo's last line suggests works); test.lock = runtime + the `airflow`, `dev` and `postgres`
+# extras. `make lock` re-resolves both from pyproject.toml (demo.lock within test.lock's pins).
 DEMO_LOCK := requirements/demo.lock
 TEST_LOCK := requirements/test.lock
 SPARK_STAMP := $(VENV)/.feedstore-spark-installed
@@ -22,7 +23,7 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python >= 3.11 needed, found {sys.version.split()[0]} at {sys.executable}"'
 	$(PYTHON) -m venv $(VENV)
 
-# what the demo needs: the runtime dependencies, no Airflow, no test tools
+# what the demo needs: the runtime dependencies and Feast's UI, no Airflow, no test tools
 $(DEMO_STAMP): pyproject.toml $(DEMO_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r $(DEMO_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
@@ -38,8 +39,8 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet '.[airflow,dev,postgres]'
 	{ echo '# Runtime + the airflow, dev and postgres extras, pinned: what `make test` installs. Regenerate with `make lock`.'; \
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore'; } > $(TEST_LOCK)
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet -c $(TEST_LOCK) .
-	{ echo '# Runtime dependencies of feedstore (no extras), pinned: what `make demo` installs. Regenerate with `make lock`.'; \
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet -c $(TEST_LOCK) '.[ui]'
+	{ echo '# Runtime dependencies of feedstore + the ui extra, pinned: what `make demo` installs. Regenerate with `make lock`.'; \
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^feedstore'; } > $(DEMO_LOCK)
 	rm -rf .lock-venv
 

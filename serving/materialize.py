@@ -68,6 +68,7 @@ def materialize_online(cfg: PipelineConfig, online_store: str | None = None, end
     with Progress(len(views), f"materialize into {online_store}", unit="views", logger=log) as progress:
         for fv in views:
             t0 = time.perf_counter()
+            progress.step = fv.name  # a view is one Feast call: the log's heartbeat names it while it runs
             start = end - fv.ttl
             last = max((e for _, e in fv.materialization_intervals or []), default=None)
             # incremental unless late data changed rows already served (a changed row may also have disappeared,

@@ -214,7 +214,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
         preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)
         report = feature_report(summary, stage / "report", plots=report_plots,
-                                splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS})
+                                splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
+                                published_as=out / "report")
         manifest = {
             "version": version,
             "fingerprint": fp,

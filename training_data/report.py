@@ -124,9 +124,10 @@ class FeatureSummary:
 
 
 def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
-                   splits: dict[str, dict[str, Any]] | None = None) -> dict:
+                   splits: dict[str, dict[str, Any]] | None = None, published_as: Path | None = None) -> dict:
     """Null rate, mean and std are exact over every row; quantiles and PSI bins use each split's sample. `splits`
-    (rows, CTR, time range per split) goes into the summary at the top of the page."""
+    (rows, CTR, time range per split) goes into the summary at the top of the page. `published_as`: where `out`
+    will be once published (a staged build writes into a folder that is gone by then): the path the log names."""
     out.mkdir(parents=True, exist_ok=True)
     features = summary.features
     samples = {name: summary.sample(name) for name in summary.rows}
@@ -163,7 +164,7 @@ def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
     worst = report["summary"]["worst_psi"]
     log.info("feature report: highest PSI %s (n/a for %d binary / mostly-one-value features; %d drift by construction "
              "under a time split) -> %s", ", ".join(f"{w['feature']} ({w['split']}) {w['psi']:.3f}" for w in worst)
-             or "-", len(not_applicable), len(expected_drift), out / "index.html")
+             or "-", len(not_applicable), len(expected_drift), (published_as or out) / "index.html")
     return report
 
 

@@ -97,6 +97,14 @@ def check_redis(connection_string: str, timeout: float = 2.0) -> None:
                            "(`docker compose up -d redis` or `redis-server`) or set REDIS_CONNECTION_STRING")) from None
 
 
+def applied_stores(cfg: PipelineConfig) -> list[str]:
+    """The online stores (of YAML_FILES) `apply` has registered in this data dir: those whose registry is a file
+    there that exists, and the SQL-registry stores when FEEDSTORE_REGISTRY_URL names a database (not probed)."""
+    cat = Catalog(cfg.data_dir)
+    return [s for s in YAML_FILES
+            if (os.environ.get(ENV_REGISTRY_URL) if s in SQL_REGISTRY else cat.registry(s).exists())]
+
+
 def feature_store(cfg: PipelineConfig, online_store: str):
     """A FeatureStore on feature_repo/ with the chosen feature_store*.yaml."""
     feast_environment(cfg, online_store)

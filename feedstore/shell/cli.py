@@ -169,6 +169,17 @@ def run(g: Globals, users, items, interactions, start, end, seed, online_store, 
     if online_store:
         overrides["serving.online_store"] = online_store
     cfg = g.load(overrides)
+    if skip_generate:  # the raw data is taken as it is: generation options may only restate how it was made
+        from feedstore.shell.runner import raw_generation
+
+        made = raw_generation(cfg)
+        asked = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("generation.") and v is not None}
+        if any(getattr(made, k) != v for k, v in asked.items()):
+            raise click.UsageError(
+                f"--skip-generate takes the raw data as it is: it covers {made.start}..{made.end} "
+                f"({made.interactions:,} interactions, {made.users:,} users, {made.items:,} items, seed {made.seed}), "
+                f"but {' '.join(f'--{k} {v}' for k, v in asked.items())} says otherwise; drop those options or "
+                "drop --skip-generate")
     out = run_pipeline(cfg, progress=sys.stderr.isatty(), fault_rate=fault_rate, skip_generate=skip_generate)
     answer, built, metrics = out["lookup"], out["training_set"], out["metrics"]
     log.info("sample lookup: user %s on %s at %s, %d candidates (full JSON: `feedstore lookup`)\n%s",
@@ -382,7 +393,7 @@ def evaluate(g: Globals, version) -> None:
 
 
 @cli.command()
-@click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
+@click.option("--online-store", type=click.Choice(list(ONLINE_STORES)), default=None,
               help="Registry to show (default: the configured store if applied, else the one that was applied).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8888, show_default=True, help="Port of the UI.")

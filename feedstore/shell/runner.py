@@ -226,19 +226,45 @@ def sample_request(cfg: PipelineConfig, candidates: int = 5) -> dict:
     return {"user_id": int(user), "item_ids": [int(i) for i in items] + [10**9], "device": device}
 
 
+def raw_generation(cfg: PipelineConfig):
+    """The generation settings of the raw data already in the data dir (what `run --skip-generate` validates and
+    computes against): those `generate` recorded with it; for raw data without a record, the config's, provided
+    they span the same days as its date partitions (else a one-line InputDataError saying both ranges)."""
+    from feedstore.core.errors import InputDataError
+    from feedstore.ingestion.generate.run import recorded_generation
+
+    cat = Catalog(cfg.data_dir)
+    if not cat.raw.is_dir():
+        raise InputDataError(f"{cat.raw}: no raw data to start from (drop --skip-generate, or point --data-dir at "
+                             "a data dir with raw/)")
+    recorded = recorded_generation(cfg.data_dir)
+    if recorded is not None:
+        return recorded
+    days = sorted(p.name.removeprefix("date=") for p in cat.raw_interactions.glob("date=*") if p.is_dir())
+    g = cfg.generation
+    if not days or (days[0], days[-1]) != (g.start.isoformat(), g.end.isoformat()):
+        covers = f"{days[0]}..{days[-1]}" if days else "no days"
+        raise InputDataError(f"{cat.raw}: the raw data covers {covers} (its date partitions; no generation record) "
+                             f"but the config says {g.start}..{g.end}: pass --start/--end to match")
+    return g
+
+
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, fault_rate: float = 0.0,
                  skip_generate: bool = False) -> dict:
     """`run`: every stage in DAG order (`make demo`: the embedded default); returns a summary. With
-    `skip_generate`, starts from the raw data already in the data dir."""
+    `skip_generate`, starts from the raw data already in the data dir, as it is: with the generation settings
+    (date range, sizes) it was made with (`raw_generation`), not the config's."""
+    if skip_generate:
+        generation = raw_generation(cfg)
+        if generation != cfg.generation:
+            g = cfg.generation
+            log.info("[generate] the raw data was generated for %s..%s (%s interactions, seed %s); using that, not "
+                     "the config's %s..%s", generation.start, generation.end, f"{generation.interactions:,}",
+                     generation.seed, g.start, g.end)
+            cfg = cfg.model_copy(update={"generation": generation})
     log.info("pipeline run: data dir %s, online store %s", cfg.data_dir.resolve(), cfg.serving.online_store)
     if skip_generate:
-        raw = Catalog(cfg.data_dir).raw
-        if not raw.is_dir():
-            from feedstore.core.errors import InputDataError
-
-            raise InputDataError(f"{raw}: no raw data to start from (drop --skip-generate, or point --data-dir at "
-                                 "a data dir with raw/)")
-        log.info("[generate] skipped: using the raw data in %s", raw)
+        log.info("[generate] skipped: using the raw data in %s", Catalog(cfg.data_dir).raw)
     else:
         generate_events(cfg, progress=progress, fault_rate=fault_rate)
     validate_events(cfg)
@@ -257,10 +283,11 @@ def feast_ui(cfg: PipelineConfig, online_store: str | None = None, *, host: str 
     """`ui`: Feast's web UI on the registry that was applied. Each online store has its own registry, so the UI of
     a store nobody applied is empty (and Feast would silently create an empty registry): pick the configured store
     if it was applied, else the applied one, and say which."""
+    from feedstore.core.feast_repo import SQL_REGISTRY, applied_stores
     from feedstore.serving.store import feast_ui as run
 
     cat = Catalog(cfg.data_dir)
-    applied = [s for s in ("sqlite", "redis") if cat.registry(s).exists()]
+    applied = applied_stores(cfg)
     if online_store is None:
         preferred = cfg.serving.online_store
         online_store = preferred if preferred in applied else (applied[0] if applied else preferred)
@@ -268,7 +295,7 @@ def feast_ui(cfg: PipelineConfig, online_store: str | None = None, *, host: str 
             log.warning("the %s online store was never applied here; showing the %s registry instead "
                         "(`feedstore apply --online-store %s` to register the other)", preferred, online_store,
                         preferred)
-    if online_store not in applied:
+    if online_store not in applied and online_store not in SQL_REGISTRY:  # (a SQL registry: its URL is checked)
         from feedstore.core.errors import ServingError
 
         raise ServingError(f"{cat.registry(online_store)}: no Feast registry for the {online_store} store; run "

@@ -173,6 +173,7 @@ def write_raw_events(
             "seed": cfg.seed,
             "total": int(sum(faults.values())),
             "counts": {k: int(faults.get(k, 0)) for k in faults_mod.KINDS},
+            "generation": cfg.model_dump(mode="json"),  # how this raw data was made (`run --skip-generate` reads it)
         }
         write_json(fault_doc, out / "faults.json")
         current = version.publication.published("raw")
@@ -199,6 +200,18 @@ def write_raw_events(
         users=world.n_users, items=world.n_items, interactions=total, rows_by_date=dict(sorted(rows_by_date.items())),
         faults=dict(fault_doc["counts"]), seconds=seconds, out_dir=raw,
     )
+
+
+def recorded_generation(data_dir: Path) -> GenerationConfig | None:
+    """The generation settings `generate` recorded with the raw data under `data_dir` (in faults.json), or None
+    where there is no such record (raw data from elsewhere, or from before the record existed)."""
+    import json
+
+    try:
+        doc = json.loads(Catalog(data_dir).faults.read_text())["generation"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return GenerationConfig.model_validate(doc)
 
 
 def _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress):

@@ -39,6 +39,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import offline_schema
 from feedstore.core.errors import InputDataError
+from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
 from feedstore.ingestion.stats.compute import (
@@ -152,7 +153,9 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
         raise InputDataError(f"{inter}: cannot read validated interactions ({str(e).splitlines()[0]})") from None
 
     views: dict[str, _ViewTiles] = {}
+    progress = Progress(2 * len(spec.views), "stats (incremental)", unit="steps (tiles, rows per view)", logger=log)
     for view in spec.views:
+        progress.step = f"{view.name} tiles"
         sums, names, _ = _tile_sums(view, n_cat)
         keys = ", ".join(view.keys)
         new = _split_days(con.execute(f"SELECT d, {keys}, {', '.join(sums)} FROM ev GROUP BY d, {keys} "
@@ -166,6 +169,7 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
             state = _sum_state(view, new, s, n_cat) if view.rows == "change_points" else None
         differs = [d for d in range(a, b + 1) if not trusted or not _same(new.get(d), stored.get(d))]
         views[view.name] = _ViewTiles(view, names, new, stored, state, differs)
+        progress.update()
     late = trusted and any(d <= s for vt in views.values() for d in vt.differs)
     end_w = max(b, s) if late else b
     if late:
@@ -186,6 +190,7 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
         try:
             for vt in views.values():
                 view = vt.view
+                progress.step = f"{view.name} rows"
                 # the tiles this run (re)computed and the new state
                 write = sorted(vt.new) if not trusted else vt.differs
                 tokens = {} if not trusted else dict(vt.state.tokens)
@@ -207,8 +212,10 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
                 if state is not None:
                     state.tokens, state.spec = tokens, tiles.fingerprint(view, n_cat)
                     tiles.write_state(state, view, inter_stage / "state" / f"{view.name}.parquet")
+                progress.update()
         finally:
             writer.close()
+            progress.close()
         rows = {v: n for v, n in writer.rows.items() if not v.startswith("tiles:")}
         for v in (v for v in spec.views if v.rows == "active_days"):
             rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in (stage / v.name).rglob("*.parquet"))

@@ -48,6 +48,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
+from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats.compute import (
     EPOCH,
@@ -263,19 +264,23 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     stage = version.path / "offline"
     stage.mkdir()
     rows: dict[str, int] = {}
+    progress = Progress(len(spec.views), "stats on Spark", unit="views", logger=log)
     try:
         for view in spec.views:
+            progress.step = view.name
             if view.rows == "change_points":
                 frame = _change_points(spark, ev, tables[view.entity_table], view, lo_n, hi_n, origin_day, n_cat)
             else:
                 frame = _active_days(ev, view, lo_n, hi_n)
             _write(frame, view, stage / view.name)
             rows[view.name] = _check_written(stage / view.name, offline_schema(view))
+            progress.update()
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:
         version.discard()
         raise
     finally:
+        progress.close()
         ev.unpersist()
     seconds = time.perf_counter() - t0
     log.info("stats computed on Spark (%s) for %d snapshot days (%s..%s) in %.2f s: %s", spark.sparkContext.master,

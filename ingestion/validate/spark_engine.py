@@ -47,6 +47,7 @@ from feedstore.core.docs import run_record
 from feedstore.core.errors import InputDataError
 from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, _notes
 from feedstore.core.io import write_parquet
+from feedstore.core.progress import Progress
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, quarantine_mask
 from feedstore.ingestion.validate.reading import Partition, discover_partitions, read_contract_table
@@ -362,17 +363,26 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
 
     version = cat.publication("validate").begin()
     stage = version.path
+    progress = Progress(3, "validate on Spark", unit="tables", logger=log)
     try:
         runner = SparkGXRunner(cat.data_docs, example_rows=v.example_rows, history=v.docs_history)
+        progress.step = "users"
         users_res, users = _validate_entity(spark, runner, "users", cat.raw_users, USERS_SCHEMA, "user_id",
                                             ex.users_suite(cfg), stage)
+        progress.update()
+        progress.step = "items"
         items_res, items = _validate_entity(spark, runner, "items", cat.raw_items, ITEMS_SCHEMA, "item_id",
                                             ex.items_suite(cfg), stage)
+        progress.update()
+        progress.step = f"{total_rows:,} interactions"
         inter = _validate_interactions(spark, runner, cfg, parts, users, items, as_of, stage)
+        progress.update()
         tables = {"users": users_res, "items": items_res, "interactions": inter}
     except BaseException:
         version.discard()
         raise
+    finally:
+        progress.close()
     return _finish_validation(version, runner, data_dir, tables, [p.day for p in parts], as_of, t0,
                               max_quarantine_fraction=v.max_quarantine_fraction, raise_on_failure=raise_on_failure,
                               engine=" on Spark")

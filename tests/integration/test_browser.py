@@ -1,18 +1,22 @@
 """What a person sees: the Data Docs index, a validation page and the feature report, opened in headless Chromium
 after a real `feedstore run` (Debian's /usr/bin/chromium; nothing is downloaded). Screenshots land in
-<data-dir>/reports/screenshots/ for a human to look at. Skips, with the reason, only when no Chromium is installed
-(`.ci/run` installs it with apt-get where it can)."""
+<data-dir>/reports/screenshots/ for a human to look at; the module logs where at the end (and writes it to the
+terminal). Skips, with the reason, only when no Chromium is installed (`.ci/run` installs it with apt-get where it
+can)."""
 
 from __future__ import annotations
 
 import html
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SMALL = ["--users", "500", "--items", "1500", "--interactions", "20000", "--start", "2024-02-01",
@@ -30,6 +34,11 @@ def _chromium() -> str | None:
 CHROMIUM = _chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (install it: "
                                 "apt-get install -y chromium; .ci/run does so when it can)")
+log = logging.getLogger(__name__)
+
+#: The badge fills of docs_base.html.j2 (.status-passed, .status-quarantined-rows, .status-FAILED): what a person
+#: sees as green / amber / red.
+GREEN, AMBER, RED = (0xDF, 0xF3, 0xE4), (0xFF, 0xF1, 0xCC), (0xFB, 0xDC, 0xDC)
 
 
 def browse(page: Path, profile: Path, *, screenshot: Path | None = None, height: int = 1600) -> str:
@@ -48,16 +57,49 @@ def browse(page: Path, profile: Path, *, screenshot: Path | None = None, height:
     return res.stdout
 
 
+def pixels(png: Path, colour: tuple[int, int, int]) -> int:
+    """How many pixels of `png` have exactly this colour (badge fills are flat, so they count in full)."""
+    from matplotlib.image import imread
+
+    img = np.rint(imread(png)[:, :, :3] * 255).astype(np.int16)
+    return int((np.abs(img - np.array(colour)).max(axis=2) == 0).sum())
+
+
+def feedstore(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR")}
+    return subprocess.run([sys.executable, "-m", "feedstore", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
+def demo(tmp_path_factory, request) -> Iterator[Path]:
     """A small `feedstore run` (every stage), then a second `validate` so the site must keep history."""
     root = tmp_path_factory.mktemp("browser")
     data = root / "data"
-    env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR")}
     for args in (["run", *SMALL, "--data-dir", str(data)], ["validate", "--data-dir", str(data)]):
-        res = subprocess.run([sys.executable, "-m", "feedstore", *args], cwd=root, env=env, capture_output=True,
-                             text=True, timeout=900)
+        res = feedstore(*args, cwd=root)
         assert res.returncode == 0, res.stderr[-3000:]
+    yield data
+    shots = sorted((data / "reports" / "screenshots").glob("*.png"))
+    where = f"browser test screenshots ({len(shots)}): {data / 'reports' / 'screenshots'}"
+    log.info("%s: %s", where, ", ".join(p.name for p in shots))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # on the terminal whatever -r / -s say
+            reporter.write_line(f"\n{where}")
+
+
+@pytest.fixture(scope="module")
+def with_failure(demo, tmp_path_factory) -> Path:
+    """A copy of the demo's data dir where a third validation, of raw data with far too many faults, failed."""
+    data = tmp_path_factory.mktemp("browser-failed") / "data"
+    shutil.copytree(demo, data)
+    res = feedstore("generate", *SMALL, "--inject-faults", "0.3", "--no-report", "--data-dir", str(data),
+                    cwd=data.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = feedstore("validate", "--data-dir", str(data), cwd=data.parent)
+    assert res.returncode == 4, res.stderr[-3000:]
     return data
 
 
@@ -78,10 +120,30 @@ def test_data_docs_index_lists_every_stage_with_status(demo, tmp_path):
     stages = set(re.findall(r'<tr data-stage="([^"]+)"', dom))
     assert stages == {"validate", "stats", "training-set"}
     assert "✓ passed" in seen  # statuses are text, not CDN icons
+    assert pixels(demo / "reports" / "screenshots" / "data_docs_index.png", GREEN) > 500  # the badges are drawn
     # history: two validate runs of raw_interactions.v1 are both listed
     assert len(set(re.findall(r'href="runs/raw_interactions\.v1/([^"]+)\.html"', dom))) >= 2
     # nothing fetched from the network
     assert not re.search(r'(src|href)="https?://', dom)
+
+
+def test_data_docs_index_shows_passed_and_failed_runs_apart(demo, with_failure, tmp_path):
+    """Statuses a person can tell apart: a green ✓ passed, an amber ! quarantined rows (the faults were caught) and
+    a red ✗ FAILED badge (too many of them), each in its run's row."""
+    index = with_failure / "reports" / "data_docs" / "index.html"
+    shot = demo / "reports" / "screenshots" / "data_docs_index_with_a_failed_run.png"
+    dom = browse(index, tmp_path / "profile", screenshot=shot)
+    badge = r'<td>\s*<span class="status status-{cls}">{mark} {label}</span>\s*</td>'
+    failed = re.findall(r'<tr data-stage="validate" data-status="FAILED">.*?</tr>', dom, flags=re.S)
+    passed = re.findall(r'<tr data-stage="[^"]+" data-status="passed">.*?</tr>', dom, flags=re.S)
+    assert failed and passed
+    assert all(re.search(badge.format(cls="FAILED", mark="✗", label="FAILED"), row) for row in failed)
+    assert all(re.search(badge.format(cls="passed", mark="✓", label="passed"), row) for row in passed)
+    quarantined = re.findall(r'<tr data-stage="validate" data-status="quarantined rows">.*?</tr>', dom, flags=re.S)
+    assert quarantined and all(re.search(badge.format(cls="quarantined-rows", mark="!", label="quarantined rows"),
+                                         row) for row in quarantined)
+    # and drawn in colour: the green, amber and red badge fills are on the screenshot
+    assert pixels(shot, GREEN) > 500 and pixels(shot, AMBER) > 500 and pixels(shot, RED) > 500
 
 
 def test_validation_page_names_rules_like_the_cli(demo, tmp_path):

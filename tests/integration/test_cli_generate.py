@@ -107,4 +107,4 @@ def test_global_options_also_after_the_subcommand(tmp_path):
 def test_run_skip_generate_needs_raw_data(tmp_path):
     res = feedstore("run", "--skip-generate", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path)
     assert res.returncode == 3
-    assert "no raw data to start from" in res.stderr and len(res.stderr.strip().splitlines()) == 2  # + run banner
+    assert "no raw data to start from" in res.stderr and len(res.stderr.strip().splitlines()) == 1

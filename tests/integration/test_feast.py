@@ -252,18 +252,25 @@ def test_an_older_materialization_never_rolls_the_online_store_back(served):
     assert check_skew(cfg, "sqlite", sample=60).mismatches == []  # still consistent at the newest materialization
 
 
-def test_feedstore_ui_serves_the_applied_registry(stats_data, tmp_path):
-    """`feedstore ui` picks the store that was applied (here only SQLite) and Feast's UI lists its views; asking for
-    a store nobody applied is a one-line error (exit 5), not an empty UI."""
+@pytest.mark.parametrize("store", ["sqlite", "redis-spark"])
+def test_feedstore_ui_serves_the_applied_registry(store, stats_data, tmp_path, request, monkeypatch):
+    """`feedstore ui` picks the store that was applied (only `store`: SQLite, or the Spark store the config does not
+    name) and Feast's UI lists its views; asking for a store nobody applied is a one-line error (exit 5), not an
+    empty UI."""
+    if store == "redis-spark":
+        from tests.conftest import require_spark
+
+        require_spark()
+        monkeypatch.setenv("REDIS_CONNECTION_STRING", request.getfixturevalue("redis_db"))
     d = tmp_path / "data"
     shutil.copytree(stats_data, d)
-    apply_definitions(pipeline_config(d), "sqlite")
+    apply_definitions(pipeline_config(d), store)
     env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR")}
     feedstore = [sys.executable, "-m", "feedstore", "--data-dir", str(d)]
     res = subprocess.run([*feedstore, "ui", "--online-store", "redis"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 5 and "no Feast registry for the redis store" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert len(res.stderr.strip().splitlines()) == 1 and f"(applied: {store})" in res.stderr
     port = _free_port()
     proc = subprocess.Popen([*feedstore, "ui", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -287,3 +294,5 @@ def test_feedstore_ui_serves_the_applied_registry(stats_data, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    if store != "sqlite":  # the config names SQLite, which nobody applied: the UI said which registry it shows
+        assert f"showing the {store} registry instead" in proc.stderr.read()
