@@ -160,9 +160,14 @@ class Catalog:
     def intermediate(self) -> Path:
         return self.root / "intermediate"
 
+    @property
+    def tile_store(self) -> Path:
+        """Every view's tiles (`tiles(view)`)."""
+        return self.intermediate / "tiles"
+
     def tiles(self, view: str) -> Path:
         """One view's tiles: the spec's per-(entity, day) sums, one `date=YYYY-MM-DD/` partition per processed day."""
-        return self.intermediate / "tiles" / view
+        return self.tile_store / view
 
     def tile_state(self, view: str) -> Path:
         """One view's lifetime sums per entity as of the newest processed day (one Parquet file; for an active-days
