@@ -382,7 +382,7 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
     (A day range is `feedstore.ingestion.stats.incremental.update_stats`.)"""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
-    inter = cat.validated_interactions
+    inter = cat.source(spec.source)
     for p in (inter, cat.validated_users, cat.validated_items):
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")

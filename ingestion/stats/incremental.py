@@ -104,7 +104,7 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
     spec's longest window, so a daily run reads no tile older than the windows need)."""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
-    inter = cat.validated_interactions
+    inter = cat.source(spec.source)
     for p in (inter, cat.validated_users, cat.validated_items):
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")

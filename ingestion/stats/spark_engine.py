@@ -233,7 +233,7 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
 
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
-    inter = cat.validated_interactions
+    inter = cat.source(spec.source)
     for p in (inter, cat.validated_users, cat.validated_items):
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")
