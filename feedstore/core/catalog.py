@@ -148,7 +148,12 @@ class Catalog:
 
     def view_glob(self, name: str) -> Path:
         """Every Parquet file of one feature view (what Feast's FileSource and DuckDB read)."""
-        return self.view(name) / "**" / "*.parquet"
+        return Catalog.parquet_glob(self.view(name))
+
+    @staticmethod
+    def parquet_glob(dataset: Path) -> Path:
+        """Every Parquet file of a partitioned dataset (its `date=` folders), as DuckDB and Feast read it."""
+        return dataset / "**" / "*.parquet"
 
     @staticmethod
     def partition(day: str) -> str:

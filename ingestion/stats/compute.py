@@ -389,7 +389,7 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
     n_cat = cfg.generation.preferences.categories
     workers = os.cpu_count() or 1
     con = duck.connect(threads=workers)
-    files = [str(inter / "**" / "*.parquet")]
+    files = [str(Catalog.parquet_glob(inter))]
     try:
         first, last = con.execute("SELECT CAST(min(event_timestamp) AS DATE), CAST(max(event_timestamp) AS DATE) "
                                   "FROM read_parquet($files, hive_partitioning = false)", {"files": files}).fetchone()
