@@ -1,19 +1,21 @@
 """Offline sources written by `feedstore stats`, and the request source of a ranking call.
 
-Paths are relative to the data dir: the registry stores `offline/<view>/**/*.parquet` and the offline store
-(feedstore.plugins.asof_duckdb) resolves it against FEEDSTORE_DATA_DIR when it reads, so a copied or moved data
-dir reads its own files, never the one `apply` ran on. Each source is a hive-partitioned Parquet dataset
-`<data>/offline/<view>/date=YYYY-MM-DD/`; every row is stamped at the end of
-the day it covers and aggregates only events strictly before its stamp.
+Paths are relative to the data dir (the catalog's `Catalog.relative().view_glob(view)`): the registry stores
+`offline/<view>/**/*.parquet` and the offline store (feedstore.plugins.asof_duckdb) resolves it against
+FEEDSTORE_DATA_DIR when it reads, so a copied or moved data dir reads its own files, never the one `apply` ran on.
+Each source is a hive-partitioned Parquet dataset `<data>/offline/<view>/date=YYYY-MM-DD/`; every row is stamped at
+the end of the day it covers and aggregates only events strictly before its stamp.
 """
 
 from feast import Field, FileSource, RequestSource
 from feast.data_format import ParquetFormat
 from feast.types import String, UnixTimestamp
 
+from feedstore.core.catalog import Catalog
+
 
 def _offline(view: str) -> str:
-    return f"offline/{view}/**/*.parquet"
+    return str(Catalog.relative().view_glob(view))
 
 
 user_daily_stats_source = FileSource(

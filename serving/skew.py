@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from feedstore.core.catalog import Catalog
 from feedstore.core.config import DEVICES, PipelineConfig
 from feedstore.core.errors import ServingError, SkewFound
 from feedstore.core.feast_repo import feature_store
-from feedstore.core.spec import FEATURE_SERVICE
+from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.serving.ranking import _plain
 from feedstore.serving.store import latest_materialized, latest_snapshot
 
@@ -38,18 +38,19 @@ def check_skew(cfg: PipelineConfig, online_store: str | None = None, sample: int
     sample = sample or cfg.serving.skew_sample
     store = feature_store(cfg, online_store)
     end = end or latest_materialized(store) or latest_snapshot(cfg)
-    base = (Path(cfg.data_dir) / "offline").resolve()
+    offline = Catalog(cfg.data_dir).published_version("offline")  # one version for the three reads
+    pairs_view = FEATURE_SPEC.view("user_item_daily_stats")  # pairs active within its ttl
     pairs = duckdb.execute(f"""
         SELECT user_id, item_id FROM read_parquet($g, hive_partitioning = false)
         WHERE event_timestamp BETWEEN $s AND $e ORDER BY hash(user_id, item_id, {seed}) LIMIT {sample // 2}""",
-                           {"g": f"{base}/user_item_daily_stats/**/*.parquet", "s": end - timedelta(days=30),
+                           {"g": str(offline.view_glob(pairs_view.name)), "s": end - pairs_view.ttl,
                             "e": end}).fetchall()
     users = [r[0] for r in duckdb.execute(f"SELECT DISTINCT user_id FROM read_parquet($g, hive_partitioning = false) "
                                       f"ORDER BY hash(user_id, {seed}) LIMIT {sample}",
-                                      {"g": f"{base}/user_daily_stats/**/*.parquet"}).fetchall()]
+                                      {"g": str(offline.view_glob("user_daily_stats"))}).fetchall()]
     items = [r[0] for r in duckdb.execute(f"SELECT DISTINCT item_id FROM read_parquet($g, hive_partitioning = false) "
                                       f"ORDER BY hash(item_id, {seed}) LIMIT {sample}",
-                                      {"g": f"{base}/item_daily_stats/**/*.parquet"}).fetchall()]
+                                      {"g": str(offline.view_glob("item_daily_stats"))}).fetchall()]
     rng = np.random.default_rng(seed)
     mixed = list(zip(rng.choice(users, sample - len(pairs)), rng.choice(items, sample - len(pairs)), strict=True))
     entity_pairs = [(int(u), int(i)) for u, i in [*pairs, *mixed]]

@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.errors import FeedstoreError, ServingError
 from feedstore.core.feast_repo import REPO_DIR, YAML_FILES, feast_environment
@@ -21,7 +22,7 @@ def apply_definitions(cfg: PipelineConfig, online_store: str | None = None) -> N
     README shows)."""
     online_store = online_store or cfg.serving.online_store
     env = {**os.environ, **feast_environment(cfg, online_store)}
-    (Path(cfg.data_dir).resolve() / "feast").mkdir(parents=True, exist_ok=True)
+    Catalog(cfg.data_dir).feast.mkdir(parents=True, exist_ok=True)
     cmd = [str(Path(sys.executable).with_name("feast")), "-c", str(REPO_DIR), "-f", str(YAML_FILES[online_store]),
            "apply"]
     t0 = time.perf_counter()
@@ -55,7 +56,7 @@ def latest_snapshot(cfg: PipelineConfig) -> datetime:
     """The newest snapshot stamp in the offline user statistics (the default materialization end)."""
     import duckdb
 
-    glob = Path(cfg.data_dir).resolve() / "offline" / "user_daily_stats" / "**" / "*.parquet"
+    glob = Catalog(cfg.data_dir).view_glob("user_daily_stats")
     try:
         ts = duckdb.execute("SELECT max(event_timestamp) FROM read_parquet($g, hive_partitioning = false)",
                             {"g": str(glob)}).fetchone()[0]

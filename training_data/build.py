@@ -64,7 +64,7 @@ def entity_query(cfg: PipelineConfig, start=None, end=None) -> str:
     return f"""
         SELECT interaction_id, user_id, item_id, event_timestamp, event_timestamp AS request_ts, device,
                click, "like", share, dwell_time
-        FROM read_parquet({duck.literal(str(glob.resolve()) + '/**/*.parquet')}, hive_partitioning = false)
+        FROM read_parquet({duck.literal(str(Catalog.parquet_glob(glob.resolve())))}, hive_partitioning = false)
         {('WHERE ' + ' AND '.join(where)) if where else ''}
         ORDER BY event_timestamp, interaction_id"""
 
@@ -79,9 +79,10 @@ def fingerprint(cfg: PipelineConfig, store) -> str:
     """Hash of what determines the training set: the input files' names and contents (the stages write
     byte-identical files for the same inputs and config), the config, the service definition."""
     h = hashlib.sha256()
-    base = Path(cfg.data_dir).resolve()
-    for folder in ("validated/interactions", "offline"):
-        root = (base / folder).resolve()  # the published version, resolved once
+    cat = Catalog(cfg.data_dir)
+    for path in (cat.validated_interactions, cat.offline):
+        folder = path.relative_to(cat.root).as_posix()  # "validated/interactions", "offline"
+        root = path.resolve()  # the published version, resolved once
         for p in sorted(root.rglob("*.parquet")):
             h.update(f"{folder}/{p.relative_to(root)}:".encode())
             with p.open("rb") as f:

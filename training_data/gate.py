@@ -189,4 +189,4 @@ def validate_training_set(cfg: PipelineConfig, version: str) -> None:
     for name in ("train", "val", "test"):
         for batch in pq.ParquetFile(path / f"{name}.parquet").iter_batches(batch_size=cfg.splits.batch_rows):
             gate.add(pa.Table.from_batches([batch]), np.full(batch.num_rows, name, dtype=object))
-    gate.finish(Path(cfg.data_dir) / "reports" / "data_docs")
+    gate.finish(Catalog(cfg.data_dir).data_docs)

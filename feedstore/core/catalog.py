@@ -30,6 +30,10 @@ def check_version(version: str) -> str:
     return version
 
 
+def _table_file(table: str) -> str:
+    return table if table == "interactions" else f"{table}.parquet"
+
+
 @dataclass(frozen=True)
 class Catalog:
     """Paths of one data dir."""
@@ -42,6 +46,27 @@ class Catalog:
         object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"data dir {self.root} is not a directory")
+
+    @staticmethod
+    def staged(version: Path) -> Catalog:
+        """The same layout inside a stage's version folder (`Publication.begin().path`): a version mirrors the data
+        dir (`raw/`; `validated/`, `quarantine/`; `offline/`, `intermediate/`), so a run stages each output at the
+        path it is published under."""
+        return Catalog(version)
+
+    @staticmethod
+    def relative() -> Catalog:
+        """The layout relative to the data dir, for paths stored without one (the Feast registry's source paths,
+        which the offline store resolves against FEEDSTORE_DATA_DIR when it reads)."""
+        cat = object.__new__(Catalog)
+        object.__setattr__(cat, "root", Path())
+        return cat
+
+    def published_version(self, output: str) -> Catalog:
+        """The layout of the version folder that output `output` (e.g. "offline") is published from right now, its
+        symlink resolved once as readers do: several reads through it see that one version even if the stage
+        publishes meanwhile (a data dir without versions is its own version)."""
+        return Catalog((self.root / output).resolve().parent)
 
     def publication(self, stage: str) -> Publication:
         """How a stage's outputs are published together (versions, one atomic switch)."""
@@ -86,11 +111,31 @@ class Catalog:
 
     @property
     def validated_interactions(self) -> Path:
-        return self.validated / "interactions"
+        return self.validated_table("interactions")
+
+    def validated_table(self, table: str) -> Path:
+        """A validated table by name: `users` and `items` (one Parquet file each), `interactions` (`date=` folders)."""
+        return self.validated / _table_file(table)
 
     @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
+
+    def quarantined_table(self, table: str) -> Path:
+        """A table's quarantined rows, laid out as `validated_table`."""
+        return self.quarantine / _table_file(table)
+
+    @property
+    def quarantined_interactions(self) -> Path:
+        return self.quarantined_table("interactions")
+
+    # ---- the sources feature views read (`ViewSpec.source`)
+    def source(self, name: str) -> Path:
+        """The data a feature view computes from, by its spec name (`ViewSpec.source`)."""
+        sources = {"validated_interactions": self.validated_interactions}
+        if name not in sources:
+            raise ValueError(f"unknown feature source {name!r} (known: {', '.join(sorted(sources))})")
+        return sources[name]
 
     # ---- offline feature tables (stats)
     @property
@@ -103,7 +148,12 @@ class Catalog:
 
     def view_glob(self, name: str) -> Path:
         """Every Parquet file of one feature view (what Feast's FileSource and DuckDB read)."""
-        return self.view(name) / "**" / "*.parquet"
+        return Catalog.parquet_glob(self.view(name))
+
+    @staticmethod
+    def parquet_glob(dataset: Path) -> Path:
+        """Every Parquet file of a partitioned dataset (its `date=` folders), as DuckDB and Feast read it."""
+        return dataset / "**" / "*.parquet"
 
     @staticmethod
     def partition(day: str) -> str:
@@ -115,9 +165,14 @@ class Catalog:
     def intermediate(self) -> Path:
         return self.root / "intermediate"
 
+    @property
+    def tile_store(self) -> Path:
+        """Every view's tiles (`tiles(view)`)."""
+        return self.intermediate / "tiles"
+
     def tiles(self, view: str) -> Path:
         """One view's tiles: the spec's per-(entity, day) sums, one `date=YYYY-MM-DD/` partition per processed day."""
-        return self.intermediate / "tiles" / view
+        return self.tile_store / view
 
     def tile_state(self, view: str) -> Path:
         """One view's lifetime sums per entity as of the newest processed day (one Parquet file; for an active-days
@@ -172,6 +227,10 @@ class Catalog:
     @property
     def data_docs(self) -> Path:
         return self.reports / "data_docs"
+
+    @property
+    def data_docs_index(self) -> Path:
+        return self.data_docs / "index.html"
 
     # ---- Feast
     @property

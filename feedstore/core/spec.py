@@ -152,7 +152,7 @@ class ViewSpec:
     ttl_days: int | None = None
     entity_table: str | None = None  # "users" | "items": where attributes and the birth time come from
     window_suffix: bool = True
-    source: str = "validated_interactions"
+    source: str = "validated_interactions"  # the events its tiles sum, by name (`Catalog.source` resolves it)
 
     def __post_init__(self) -> None:
         tiles = {t.name for t in self.tiles}
@@ -262,6 +262,14 @@ class FeatureSpec:
         dupes = sorted({c for c in columns if columns.count(c) > 1})
         if dupes:
             raise ValueError(f"feature names must be unique across views: {dupes}")
+        if len({v.source for v in self.views}) > 1:
+            raise ValueError(f"every view reads one source (the engines load its events once for all views): "
+                             f"{sorted({v.source for v in self.views})}")
+
+    @property
+    def source(self) -> str:
+        """The source every view's tiles read (`ViewSpec.source`)."""
+        return self.views[0].source
 
     def view(self, name: str) -> ViewSpec:
         return next(v for v in self.views if v.name == name)

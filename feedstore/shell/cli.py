@@ -188,7 +188,7 @@ def run(g: Globals, users, items, interactions, start, end, seed, online_store, 
     log.info("pipeline run complete: training set %s (%s); baseline AUC val %.4f, test %.4f", built.path,
              ", ".join(f"{k} {v:,}" for k, v in built.rows.items()), metrics["val"]["auc"], metrics["test"]["auc"])
     log.info("look at: Data Docs %s; feature report %s; Feast UI: `feedstore ui`",
-             Path(cfg.data_dir).resolve() / "reports" / "data_docs" / "index.html",
+             Catalog(cfg.data_dir).data_docs_index,
              built.path / "report" / "index.html")
 
 

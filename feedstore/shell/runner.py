@@ -212,7 +212,7 @@ def sample_request(cfg: PipelineConfig, candidates: int = 5) -> dict:
     from feedstore.core import duck
     from feedstore.core.catalog import Catalog
 
-    files = [str(Catalog(cfg.data_dir).validated_interactions / "**" / "*.parquet")]
+    files = [str(Catalog.parquet_glob(Catalog(cfg.data_dir).validated_interactions))]
     con = duck.connect()
     con.execute("CREATE TABLE ev AS SELECT user_id, item_id, event_timestamp, device "
                 "FROM read_parquet($files, hive_partitioning = false)", {"files": files})

@@ -61,7 +61,7 @@ def _ntile_ends(counts: np.ndarray, values: np.ma.MaskedArray | np.ndarray, buck
 def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
     """Measure every pattern on the files under `<data_dir>/raw/`."""
     con = duck.connect()
-    glob = str(Catalog(data_dir).raw_interactions / "**" / "*.parquet")
+    glob = str(Catalog.parquet_glob(Catalog(data_dir).raw_interactions))
     # The files are read once, into memory (only the columns the checks use, plus the event's hour, weekday and
     # date, computed once), and every check below runs on these tables, the scalar ones in a single pass:
     # re-reading hundreds of partition files for each of ~30 queries was most of the report's cost.

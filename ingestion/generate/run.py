@@ -68,7 +68,7 @@ def _write_block(world: World, task: BlockTask, fault_rate: float, out_dir: Path
     for d in days:
         part = table if len(days) == 1 else table.filter(pa.array(event_day == d))
         date = str(np.datetime64(int(d), "D"))
-        write_parquet(part, out_dir / f"date={date}" / f"part-{task.day:05d}-{task.block:03d}.parquet")
+        write_parquet(part, out_dir / Catalog.partition(date) / f"part-{task.day:05d}-{task.block:03d}.parquet")
         rows_by_date[date] = part.num_rows
     return BlockResult(rows_by_date=rows_by_date, faults=counts, rows=table.num_rows)
 
@@ -159,15 +159,15 @@ def write_raw_events(
     faults: Counter[str] = Counter()
     version = Catalog(data_dir).publication("generate").begin()  # raw/ is published whole, in one atomic switch
     try:
-        out = version.path / "raw"
-        stage = out / "interactions"
+        staged = Catalog.staged(version.path)
+        out, stage = staged.raw, staged.raw_interactions
         stage.mkdir(parents=True)
         results = _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress)
         for res in results:
             rows_by_date.update(res.rows_by_date)
             faults.update(res.faults)
-        write_parquet(users_table(world), out / "users.parquet")
-        write_parquet(items_table(world), out / "items.parquet")
+        write_parquet(users_table(world), staged.raw_users)
+        write_parquet(items_table(world), staged.raw_items)
         fault_doc = {
             "rate": fault_rate,
             "seed": cfg.seed,
@@ -175,10 +175,10 @@ def write_raw_events(
             "counts": {k: int(faults.get(k, 0)) for k in faults_mod.KINDS},
             "generation": cfg.model_dump(mode="json"),  # how this raw data was made (`run --skip-generate` reads it)
         }
-        write_json(fault_doc, out / "faults.json")
+        write_json(fault_doc, staged.faults)
         current = version.publication.published("raw")
         if days is not None and current is not None:  # keep every other day's partition
-            regenerated = {f"date={d.isoformat()}" for d in days}
+            regenerated = {Catalog.partition(d.isoformat()) for d in days}
             link_tree(current, out, skip=lambda rel: rel.parts[0] != "interactions" or (
                 len(rel.parts) >= 2 and rel.parts[1] in regenerated))
         version.publish()

@@ -187,8 +187,8 @@ class _DayWriter:
             fut.result()  # re-raise the first write error
 
 
-def _part(stage: Path, view: str, day: int) -> Path:
-    return stage / view / Catalog.partition((EPOCH + timedelta(days=day)).isoformat()) / "part-0.parquet"
+def _part(staged: Catalog, view: str, day: int) -> Path:
+    return staged.view(view) / Catalog.partition((EPOCH + timedelta(days=day)).isoformat()) / "part-0.parquet"
 
 
 def _stamp(day: int, rows: int) -> pa.Array:
@@ -266,9 +266,10 @@ class StagedStats:
     published: bool = field(default=False)
 
     @property
-    def intermediate(self) -> Path:
-        # outside the offline/ version: nothing hidden may sit where Feast's source globs read
-        return self.version.path / "intermediate"
+    def staged(self) -> Catalog:
+        """The version's layout (its path changes when it is published): its `intermediate` sits outside the
+        offline/ version, since nothing hidden may sit where Feast's source globs read."""
+        return Catalog.staged(self.version.path)
 
     def publish(self) -> None:
         """Publish: each computed day's partitions replace the old ones (days with no rows lose theirs), every other
@@ -279,27 +280,27 @@ class StagedStats:
             link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
         self.version.publish()  # readers see the whole old offline/ or the whole new one
         cat = Catalog(self.data_dir)
-        remove_replace_leftovers(cat.intermediate / "tiles")  # of a run killed while swapping tiles (we hold the lock)
+        remove_replace_leftovers(cat.tile_store)  # of a run killed while swapping tiles (we hold the lock)
         for view, days in self.tile_days.items():
-            staged = self.intermediate / "tiles" / view
+            staged_tiles = self.staged.tiles(view)
             if days is None:
-                replace_dir(staged if staged.exists() else None, cat.tiles(view))
+                replace_dir(staged_tiles if staged_tiles.exists() else None, cat.tiles(view))
                 continue
             for day in days:
-                part = staged / Catalog.partition(day)
+                part = staged_tiles / Catalog.partition(day)
                 replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day))
         for view in self.views:
-            staged_bases = self.intermediate / "state" / view
+            staged_bases = self.staged.tile_bases(view)
             for base in sorted(staged_bases.glob("base-*.parquet")) if staged_bases.is_dir() else []:
                 cat.tile_bases(view).mkdir(parents=True, exist_ok=True)
                 os.replace(base, cat.tile_bases(view) / base.name)  # a new name: the published state's base stays
-            state = self.intermediate / "state" / f"{view}.parquet"
+            state = self.staged.tile_state(view)
             if state.exists():
                 cat.tile_state(view).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(state, cat.tile_state(view))
             tiles.prune_bases(cat.tile_bases(view), cat.tile_state(view))  # bases no state names
         _log_change(cat, self.days, self.late_from)
-        shutil.rmtree(self.intermediate, ignore_errors=True)
+        shutil.rmtree(self.staged.intermediate, ignore_errors=True)
         self.published = True
         log.info("stats published for %d days (%s..%s): %s -> %s", len(self.days), self.days[0], self.days[-1],
                  ", ".join(f"{v} {self.rows.get(v, 0):,} rows" for v in self.views), self.offline)
@@ -381,14 +382,14 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
     (A day range is `feedstore.ingestion.stats.incremental.update_stats`.)"""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
-    inter = cat.validated_interactions
+    inter = cat.source(spec.source)
     for p in (inter, cat.validated_users, cat.validated_items):
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")
     n_cat = cfg.generation.preferences.categories
     workers = os.cpu_count() or 1
     con = duck.connect(threads=workers)
-    files = [str(inter / "**" / "*.parquet")]
+    files = [str(Catalog.parquet_glob(inter))]
     try:
         first, last = con.execute("SELECT CAST(min(event_timestamp) AS DATE), CAST(max(event_timestamp) AS DATE) "
                                   "FROM read_parquet($files, hive_partitioning = false)", {"files": files}).fetchone()
@@ -412,17 +413,17 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
                          np.stack([v.astype(np.int64) for v in t.values()]))
 
     version = cat.publication("stats").begin()
-    stage = version.path / "offline"
+    staged = Catalog.staged(version.path)  # its intermediate/ sits outside offline/: moved to the tile store at publish
+    stage = staged.offline
     stage.mkdir()
-    inter_stage = version.path / "intermediate"  # outside offline/: moved to the tile store at publish
     lo_n, hi_n = (lo - EPOCH).days, (hi - EPOCH).days
     rows: dict[str, int] = {}
     try:
         # active-days views run in DuckDB on a side thread while the sweeps run (DuckDB releases the GIL)
         side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats-side")
-        pending = {v.name: side.submit(_write_active_days, con.cursor(), v, stage / v.name, lo, hi)
+        pending = {v.name: side.submit(_write_active_days, con.cursor(), v, staged.view(v.name), lo, hi)
                    for v in spec.views if v.rows == "active_days"}
-        pair_tiles = [side.submit(_stage_pair_intermediates, con.cursor(), v, inter_stage, hi_n, n_cat)
+        pair_tiles = [side.submit(_stage_pair_intermediates, con.cursor(), v, staged, hi_n, n_cat)
                       for v in spec.views if v.rows == "active_days"]
         writer = _DayWriter(workers)
         swept = [v for v in spec.views if v.rows == "change_points"]
@@ -439,9 +440,9 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
                 for snap in _sweep(ents, act, lo_n, hi_n, view.window_shifts, view.heartbeat_days, narrow, wide,
                                    final=final):
                     writer.write(view.name, _snapshot_table(view, ents, attrs, snap, index, n_cat, schema),
-                                 _part(stage, view.name, snap.day))
+                                 _part(staged, view.name, snap.day))
                     progress.update()
-                _stage_intermediates(writer, view, ents, act, names, final[None][:narrow], hi_n, n_cat, inter_stage)
+                _stage_intermediates(writer, view, ents, act, names, final[None][:narrow], hi_n, n_cat, staged)
         finally:
             progress.close()
             writer.close()
@@ -449,7 +450,7 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
         for fut in [*pending.values(), *pair_tiles]:
             fut.result()  # re-raise a failure of a side query
         rows = {**{v: n for v, n in writer.rows.items() if not v.startswith("tiles:")},
-                **{v: _check_written(stage / v, offline_schema(spec.view(v))) for v in pending}}
+                **{v: _check_written(staged.view(v), offline_schema(spec.view(v))) for v in pending}}
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:
         version.discard()
@@ -463,7 +464,7 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
 
 
 def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, act: _Activity, names: list[str],
-                         lifetime: np.ndarray, as_of: int, categories: int, root: Path) -> None:
+                         lifetime: np.ndarray, as_of: int, categories: int, staged: Catalog) -> None:
     """A full run's tiles of a change-point view (one partition per active day, from the activity it swept) and
     its lifetime state as of `as_of`."""
     tokens = {}
@@ -473,14 +474,14 @@ def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, ac
             continue
         day, token = int(act.day[a]), tiles.new_token()
         table = tiles.tiles_table({view.keys[0]: ents.ids[act.pos[a:b]]}, names, act.values[:, a:b])
-        writer.write(f"tiles:{view.name}", table, tiles.tile_file(root / "tiles" / view.name, day, token))
+        writer.write(f"tiles:{view.name}", table, tiles.tile_file(staged.tiles(view.name), day, token))
         tokens[day] = token
     tiles.write_state(tiles.State(as_of, {view.keys[0]: ents.ids}, lifetime, tokens,
                                   tiles.fingerprint(view, categories)), view,
-                      root / "state" / f"{view.name}.parquet")
+                      staged.tile_state(view.name))
 
 
-def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, root: Path, as_of: int,
+def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, staged: Catalog, as_of: int,
                               categories: int) -> None:
     """A full run's tiles of an active-days view (one partition per day), its base snapshot as of `as_of` and the
     state naming it."""
@@ -496,17 +497,17 @@ def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, ro
         if a == b:
             continue
         token = tiles.new_token()
-        path = tiles.tile_file(root / "tiles" / view.name, int(day[a]), token)
+        path = tiles.tile_file(staged.tiles(view.name), int(day[a]), token)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(t.slice(a, b - a).cast(pa.schema([pa.field(n, pa.int64()) for n in t.column_names])), path,
                        compression="zstd", use_dictionary=False)
         tokens[int(day[a])] = token
     base = tiles.new_base_name()
     _write_pair_base(con, view, f"SELECT {keys}, {', '.join(sums[:plain])} FROM ev GROUP BY {keys}",
-                     root / "state" / view.name / base)
+                     staged.tile_bases(view.name) / base)
     state = tiles.State.of_base(view, as_of, base, as_of)
     state.tokens, state.spec = tokens, tiles.fingerprint(view, categories)
-    tiles.write_state(state, view, root / "state" / f"{view.name}.parquet")
+    tiles.write_state(state, view, staged.tile_state(view.name))
 
 
 def _write_pair_base(con: duckdb.DuckDBPyConnection, view: ViewSpec, query: str, path: Path) -> int:

@@ -105,7 +105,7 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
     spec's longest window, so a daily run reads no tile older than the windows need)."""
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
-    inter = cat.validated_interactions
+    inter = cat.source(spec.source)
     for p in (inter, cat.validated_users, cat.validated_items):
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")
@@ -178,9 +178,9 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
                  tiles.day_str(start_w), tiles.day_str(end_w))
 
     version = cat.publication("stats").begin()  # a new version of offline/, switched to in one step at publish
-    stage = version.path / "offline"
+    staged = Catalog.staged(version.path)  # its intermediate/ sits outside offline/, where Feast's source globs read
+    stage = staged.offline
     stage.mkdir()
-    inter_stage = version.path / "intermediate"  # outside offline/, where Feast's source globs read
     origin_day = (cfg.generation.start - EPOCH).days
     tables = {"users": cat.validated_users, "items": cat.validated_items}
     rows: dict[str, int] = {}
@@ -199,26 +199,26 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
                     if d in vt.new and vt.new[d][1].shape[1]:
                         tokens[d] = tiles.new_token()
                         writer.write(f"tiles:{view.name}", tiles.tiles_table(vt.new[d][0], vt.names, vt.new[d][1]),
-                                     tiles.tile_file(inter_stage / "tiles" / view.name, d, tokens[d]))
+                                     tiles.tile_file(staged.tiles(view.name), d, tokens[d]))
                 tile_days[view.name] = None if not trusted else [tiles.day_str(d) for d in write]
                 if view.rows == "change_points":
-                    state = _change_points(cfg, con, vt, start_w, end_w, a, b, s, stage, writer, tables, origin_day,
+                    state = _change_points(cfg, con, vt, start_w, end_w, a, b, s, staged, writer, tables, origin_day,
                                            n_cat)
                 else:
-                    state = _active_days(con, vt, start_w, end_w, a, b, s, stage, n_cat, cat.tile_bases(view.name),
-                                         disk[view.name] if trusted else {}, inter_stage, compact_after)
+                    state = _active_days(con, vt, start_w, end_w, a, b, s, staged, n_cat, cat.tile_bases(view.name),
+                                         disk[view.name] if trusted else {}, compact_after)
                 if not trusted and view.rows == "change_points":
                     state = vt.state
                 if state is not None:
                     state.tokens, state.spec = tokens, tiles.fingerprint(view, n_cat)
-                    tiles.write_state(state, view, inter_stage / "state" / f"{view.name}.parquet")
+                    tiles.write_state(state, view, staged.tile_state(view.name))
                 progress.update()
         finally:
             writer.close()
             progress.close()
         rows = {v: n for v, n in writer.rows.items() if not v.startswith("tiles:")}
         for v in (v for v in spec.views if v.rows == "active_days"):
-            rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in (stage / v.name).rglob("*.parquet"))
+            rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in staged.view(v.name).rglob("*.parquet"))
         days = [tiles.day_str(d) for d in range(start_w, end_w + 1)]
     except BaseException:
         version.discard()
@@ -261,7 +261,7 @@ def _positions(ids: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
 
 
 def _change_points(cfg: PipelineConfig, con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, end_w: int,
-                   a: int, b: int, s: int, stage: Path, writer: _DayWriter, tables: dict[str, Path],
+                   a: int, b: int, s: int, staged: Catalog, writer: _DayWriter, tables: dict[str, Path],
                    origin_day: int, categories: int) -> tiles.State | None:
     """Rows of days start_w..end_w of a change-point view from tiles; the new state if the run reaches s."""
     view, key = vt.view, vt.view.keys[0]
@@ -292,14 +292,14 @@ def _change_points(cfg: PipelineConfig, con: duckdb.DuckDBPyConnection, vt: _Vie
     for snap in _sweep(ents, act, start_w, end_w, view.window_shifts, view.heartbeat_days, narrow, wide,
                        lifetime=lifetime, final=final):
         writer.write(view.name, _snapshot_table(view, ents, attrs, snap, index, categories, schema),
-                     _part(stage, view.name, snap.day))
+                     _part(staged, view.name, snap.day))
     if end_w < s:
         return None
     return tiles.State(end_w, {key: ents.ids}, final[None][:narrow])
 
 
 def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, end_w: int, a: int, b: int, s: int,
-                 stage: Path, categories: int, bases: Path, files: dict[int, Path], inter_stage: Path,
+                 staged: Catalog, categories: int, bases: Path, files: dict[int, Path],
                  compact_after: int) -> tiles.State | None:
     """Rows of days start_w..end_w of an active-days view (each key's running lifetime sums on its active days),
     in DuckDB; the new state if the run reaches s (or if there was no trusted state).
@@ -351,7 +351,7 @@ def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, e
     con.execute(f"CREATE OR REPLACE TEMP TABLE st_base AS SELECT {keys}, {sums} FROM ({semi}) GROUP BY {keys}")
     outputs = ", ".join(f"CAST(coalesce(b.\"{f.of}\", 0) + sum(x.\"{f.of}\") OVER w AS BIGINT) AS "
                         f"\"{view.column_name(f, None)}\"" for f in view.features)
-    out = stage / view.name
+    out = staged.view(view.name)
     if act.num_rows:
         con.execute(f"""COPY (
             SELECT {', '.join('x.' + k for k in view.keys)},
@@ -365,7 +365,7 @@ def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, e
                                  FILENAME_PATTERN 'part-{{i}}')""")
     base = tiles.new_base_name()
     if state is None:  # the first base: every loaded event (days through s)
-        n = _write_pair_base(con, view, f"{from_events} GROUP BY {keys}", inter_stage / "state" / view.name / base)
+        n = _write_pair_base(con, view, f"{from_events} GROUP BY {keys}", staged.tile_bases(view.name) / base)
         log.info("%s: base snapshot as of %s written from the events (%d keys)", view.name, tiles.day_str(s), n)
         return tiles.State.of_base(view, s, base, s)
     if end_w < s:
@@ -376,7 +376,7 @@ def _active_days(con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, e
     # compaction: the lifetime sums of every key as of end_w (before start_w, plus the rows this run sums)
     query = f"SELECT {keys}, {sums} FROM ({' UNION ALL '.join([*parts, f'SELECT {keys}, {cols} FROM st_act'])}) " \
             f"GROUP BY {keys}"
-    n = _write_pair_base(con, view, query, inter_stage / "state" / view.name / base)
+    n = _write_pair_base(con, view, query, staged.tile_bases(view.name) / base)
     log.info("%s: base snapshot compacted as of %s (%d keys; %s)", view.name, tiles.day_str(end_w), n,
              f"late data changed tiles of {tiles.day_str(min(late_before_c))}.. it included" if late_before_c
              else f"the tiles after the base of {tiles.day_str(c)} reached {end_w - c} days")

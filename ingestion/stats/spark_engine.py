@@ -231,7 +231,7 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
 
     t0 = time.perf_counter()
     cat = Catalog(cfg.data_dir)
-    inter = cat.validated_interactions
+    inter = cat.source(spec.source)
     for p in (inter, cat.validated_users, cat.validated_items):
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")
@@ -261,7 +261,8 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
     # a new version of offline/ (feedstore.core.io.Publication), as on DuckDB: the gate reads it, publish() carries
     # the other days over and switches offline/ to it in one atomic step; nothing is staged under offline/ itself
     version = cat.publication("stats").begin()
-    stage = version.path / "offline"
+    staged = Catalog.staged(version.path)
+    stage = staged.offline
     stage.mkdir()
     rows: dict[str, int] = {}
     progress = Progress(len(spec.views), "stats on Spark", unit="views", logger=log)
@@ -272,8 +273,8 @@ def compute_stats(cfg: PipelineConfig, *, start: date | None = None, end: date |
                 frame = _change_points(spark, ev, tables[view.entity_table], view, lo_n, hi_n, origin_day, n_cat)
             else:
                 frame = _active_days(ev, view, lo_n, hi_n)
-            _write(frame, view, stage / view.name)
-            rows[view.name] = _check_written(stage / view.name, offline_schema(view))
+            _write(frame, view, staged.view(view.name))
+            rows[view.name] = _check_written(staged.view(view.name), offline_schema(view))
             progress.update()
         days = [(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)]
     except BaseException:

@@ -42,8 +42,8 @@ def _write_reports(data_dir: Path, tables: dict[str, TableResult], passed: bool,
             "reconciles": res.rows_in == res.validated + res.quarantined,
             "quarantined_fraction": round(res.quarantined_fraction, 8),
             "quarantined_by_reason": dict(sorted(res.by_reason.items())),
-            "validated_path": str(Catalog(data_dir).validated / _file_name(name)),
-            "quarantine_path": str(Catalog(data_dir).quarantine / _file_name(name)),
+            "validated_path": str(Catalog(data_dir).validated_table(name)),
+            "quarantine_path": str(Catalog(data_dir).quarantined_table(name)),
             "expectations": [
                 {
                     "rule": o.rule, "level": o.level, "severity": o.severity, "expectation_type": o.expectation_type,
@@ -66,7 +66,3 @@ def _write_reports(data_dir: Path, tables: dict[str, TableResult], passed: bool,
         write_json(doc, path)
         paths[name] = path
     return paths
-
-
-def _file_name(table: str) -> str:
-    return table if table == "interactions" else f"{table}.parquet"

@@ -70,7 +70,7 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
     # GX is imported while DuckDB finds the repeated keys across files (GIL-free work that needs no GX)
     repeats = _non_first_rows([f for p in parts for f in p.files])
     version = Catalog(data_dir).publication("validate").begin()
-    stage = version.path
+    stage = Catalog.staged(version.path)
     try:
         runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows, history=v.docs_history)
         users_res, users = _validate_entity(runner, cfg, "users", Catalog(data_dir).raw_users, USERS_SCHEMA, "user_id",
@@ -121,7 +121,7 @@ def _finish_validation(version: VersionStage, runner, data_dir: Path, tables: di
 
 
 def _validate_entity(runner: GXRunner, cfg: PipelineConfig, name: str, path: Path, schema: pa.Schema, key: str,
-                     gx_suite: Any, stage: Path) -> tuple[TableResult, pa.Table]:
+                     gx_suite: Any, stage: Catalog) -> tuple[TableResult, pa.Table]:
     table = read_contract_table(path, schema)
     df = table.to_pandas(types_mapper=_NULLABLE)
     for c, dtype in schema_types(schema).items():
@@ -135,16 +135,16 @@ def _validate_entity(runner: GXRunner, cfg: PipelineConfig, name: str, path: Pat
     res.add(outcomes, table.num_rows)
     res.finish()
     clean = table.filter(pa.array(~bad))
-    write_parquet(clean, stage / "validated" / f"{name}.parquet")
+    write_parquet(clean, stage.validated_table(name))
     if bad.any():
         q = _quarantine_table(table, bad, reasons, np.full(table.num_rows, str(path), dtype=object),
                               np.arange(table.num_rows))
-        write_parquet(q, stage / "quarantine" / f"{name}.parquet")
+        write_parquet(q, stage.quarantined_table(name))
     return res, clean
 
 
 def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Partition], users: pa.Table,
-                           items: pa.Table, as_of: datetime, stage: Path,
+                           items: pa.Table, as_of: datetime, stage: Catalog,
                            repeats: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> TableResult:
     v = cfg.validation
     rep_ids, rep_imps = repeats
@@ -194,11 +194,11 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
         for day, (lo, hi) in day_rows.items():
             keep = ~bad[lo:hi]
             write_parquet(table.slice(lo, hi - lo).filter(pa.array(keep)),
-                          stage / "validated" / "interactions" / f"date={day}" / "part-0.parquet")
+                          stage.validated_interactions / Catalog.partition(day) / "part-0.parquet")
             in_q = np.asarray(q_day) == day if len(bad_idx) else None
             if in_q is not None and in_q.any():
                 write_parquet(quarantined.filter(pa.array(in_q)),
-                              stage / "quarantine" / "interactions" / f"date={day}" / "part-0.parquet")
+                              stage.quarantined_interactions / Catalog.partition(day) / "part-0.parquet")
             per_day[day] = (int(keep.sum()), int(np.nansum(clicks[lo:hi][keep])), int(np.nansum(likes[lo:hi][keep])))
         progress.update(n)
     progress.close()
@@ -258,7 +258,7 @@ def _publish(version: VersionStage, days: list[str], *, publish_validated: bool)
     validated days' partitions replaced (a day with no rows loses its old one), every other day kept. A failed
     gate publishes the new quarantine beside the old validated data."""
     pub, stage = version.publication, version.path
-    recomputed = {f"date={d}" for d in days}
+    recomputed = {Catalog.partition(d) for d in days}
 
     def replaced(rel: Path) -> bool:  # not carried over from the published version: users, items, validated days
         return rel.parts[0] != "interactions" or (len(rel.parts) >= 2 and rel.parts[1] in recomputed)

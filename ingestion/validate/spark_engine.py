@@ -246,7 +246,7 @@ def _reasons(spark: SparkSession, n: int, outcomes: list[RuleOutcome]) -> tuple[
 
 
 def _validate_entity(spark: SparkSession, runner: SparkGXRunner, name: str, path: Path, schema: pa.Schema,
-                     key: str, gx_suite: Any, stage: Path) -> tuple[TableResult, DataFrame]:
+                     key: str, gx_suite: Any, stage: Catalog) -> tuple[TableResult, DataFrame]:
     from pyspark.sql import functions as F
 
     table = read_contract_table(path, schema)  # the contract check (types, columns, empty), one-line errors
@@ -262,18 +262,18 @@ def _validate_entity(spark: SparkSession, runner: SparkGXRunner, name: str, path
     res.finish()
     marked = df.join(F.broadcast(bad), ROW_ID, "left")
     clean = marked.where(F.col("_reason").isNull()).orderBy(ROW_ID).select(*schema.names)
-    _write_single(clean, stage / "validated" / f"{name}.parquet")
+    _write_single(clean, stage.validated_table(name))
     if n_bad:
         q = (marked.where(F.col("_reason").isNotNull()).orderBy(ROW_ID)
              .select(*schema.names, "_reason", "_source_file", "_source_row"))
-        _write_single(q, stage / "quarantine" / f"{name}.parquet")
+        _write_single(q, stage.quarantined_table(name))
     df.unpersist()
-    return res, spark.read.parquet(str(stage / "validated" / f"{name}.parquet"))
+    return res, spark.read.parquet(str(stage.validated_table(name)))
 
 
 def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: PipelineConfig,
                            parts: list[Partition], users: DataFrame, items: DataFrame, as_of: datetime,
-                           stage: Path) -> TableResult:
+                           stage: Catalog) -> TableResult:
     from pyspark.sql import functions as F
 
     files = _files(parts)
@@ -295,15 +295,15 @@ def _validate_interactions(spark: SparkSession, runner: SparkGXRunner, cfg: Pipe
     marked = full.select(*columns, "date", ROW_ID, "_source_file", "_source_row").join(F.broadcast(bad), ROW_ID,
                                                                                        "left").cache()
     clean = marked.where(F.col("_reason").isNull())
-    _write_days(clean.select(*columns, "date", ROW_ID), stage / "validated" / "interactions")
+    _write_days(clean.select(*columns, "date", ROW_ID), stage.validated_interactions)
     for p in parts:  # a day whose rows were all quarantined still gets its (empty) validated file, as on DuckDB
-        empty = stage / "validated" / "interactions" / f"date={p.day}"
+        empty = stage.validated_interactions / Catalog.partition(p.day)
         if not empty.exists():
             write_parquet(INTERACTIONS_SCHEMA.empty_table(), empty / "part-0.parquet")
     if n_bad:
         _write_days(marked.where(F.col("_reason").isNotNull())
                     .select(*columns, "_reason", "_source_file", "_source_row", "date", ROW_ID),
-                    stage / "quarantine" / "interactions")
+                    stage.quarantined_interactions)
     per_day = {r["date"]: (int(r["rows"]), int(r["clicks"] or 0), int(r["likes"] or 0)) for r in
                clean.groupBy("date").agg(F.count("*").alias("rows"), F.sum("click").alias("clicks"),
                                           F.sum("like").alias("likes")).collect()}
@@ -362,7 +362,7 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
     spark = get_spark(cfg.spark)
 
     version = cat.publication("validate").begin()
-    stage = version.path
+    stage = Catalog.staged(version.path)
     progress = Progress(3, "validate on Spark", unit="tables", logger=log)
     try:
         runner = SparkGXRunner(cat.data_docs, example_rows=v.example_rows, history=v.docs_history)
