@@ -163,8 +163,9 @@ def first_snapshot(cfg: PipelineConfig) -> int | None:
     feature view (a snapshot of day D is stamped D + 1 day), or None if there are no statistics."""
     from datetime import date
 
-    days = [p.name.split("=", 1)[1] for p in Catalog(cfg.data_dir).offline.glob("*/date=*") if p.is_dir()
-            and not p.parent.name.startswith(".")]
+    offline = Catalog(cfg.data_dir).offline
+    days = [d for view in (offline.iterdir() if offline.is_dir() else []) if not view.name.startswith(".")
+            for d in Catalog.day_partitions(view)]
     if not days:
         return None
     return ((date.fromisoformat(min(days)) - date(1970, 1, 1)).days + 1) * 86_400_000_000

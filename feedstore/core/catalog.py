@@ -160,6 +160,25 @@ class Catalog:
         """The partition folder name of a day (YYYY-MM-DD)."""
         return f"{PARTITION}={day}"
 
+    @staticmethod
+    def is_partition(path: Path) -> bool:
+        """Whether `path` is named like a day partition folder (`date=...`; the day itself is not checked)."""
+        return path.name.startswith(f"{PARTITION}=")
+
+    @staticmethod
+    def partition_day(path: Path) -> str:
+        """The day (as written, YYYY-MM-DD) of a partition folder, or of a file directly inside one."""
+        folder = path if Catalog.is_partition(path) else path.parent
+        return folder.name.removeprefix(f"{PARTITION}=")
+
+    @staticmethod
+    def day_partitions(folder: Path) -> dict[str, Path]:
+        """The day partition folders directly under `folder`, {day: folder} in day order (empty if none)."""
+        if not folder.is_dir():
+            return {}
+        return dict(sorted((Catalog.partition_day(p), p) for p in folder.iterdir()
+                           if p.is_dir() and Catalog.is_partition(p)))
+
     # ---- intermediates of the incremental statistics (stats): per-(entity, day) tiles and the lifetime state
     @property
     def intermediate(self) -> Path:

@@ -47,7 +47,7 @@ def build_history(cfg: PipelineConfig, day: date, *, as_of: datetime) -> list[da
     from feedstore.core.catalog import Catalog
 
     validated = Catalog(cfg.data_dir).validated_interactions
-    earlier = [p for p in validated.glob("date=*") if p.name < Catalog.partition(day.isoformat())
+    earlier = [p for d, p in Catalog.day_partitions(validated).items() if d < day.isoformat()
                and any(p.glob("*.parquet"))]
     first = cfg.generation.start
     if earlier or day <= first:
@@ -240,7 +240,7 @@ def raw_generation(cfg: PipelineConfig):
     recorded = recorded_generation(cfg.data_dir)
     if recorded is not None:
         return recorded
-    days = sorted(p.name.removeprefix("date=") for p in cat.raw_interactions.glob("date=*") if p.is_dir())
+    days = list(Catalog.day_partitions(cat.raw_interactions))
     g = cfg.generation
     if not days or (days[0], days[-1]) != (g.start.isoformat(), g.end.isoformat()):
         covers = f"{days[0]}..{days[-1]}" if days else "no days"

@@ -110,7 +110,7 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
         if not p.exists():
             raise InputDataError(f"{p}: not found (run `feedstore validate` first)")
     n_cat = cfg.generation.preferences.categories
-    parts = {tiles.day_no(p.name.split("=", 1)[1]): sorted(p.glob("*.parquet")) for p in inter.glob("date=*")}
+    parts = {tiles.day_no(d): sorted(p.glob("*.parquet")) for d, p in Catalog.day_partitions(inter).items()}
     parts = {d: f for d, f in sorted(parts.items()) if f}
     if not parts:
         raise InputDataError(f"{inter}: no validated interactions")

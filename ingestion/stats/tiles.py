@@ -81,7 +81,7 @@ def listing(root: Path) -> dict[int, Path]:
     out: dict[int, Path] = {}
     if root.is_dir():
         for part in root.glob(f"{PARTITION}=*/part-*.parquet"):
-            out[day_no(part.parent.name.split("=", 1)[1])] = part
+            out[day_no(Catalog.partition_day(part))] = part
     return out
 
 

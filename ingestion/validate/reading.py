@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feedstore.core import duck
+from feedstore.core.catalog import Catalog
 from feedstore.core.contracts import (
     INTERACTIONS_SCHEMA,
 )
@@ -68,13 +69,12 @@ def discover_partitions(root: Path, start: date | None, end: date | None) -> lis
     """Date partitions under `root` (hive `date=YYYY-MM-DD/`), optionally limited to [start, end]."""
     if not root.is_dir():
         raise InputDataError(f"{root}: directory not found (run `feedstore generate` first?)")
-    stray = sorted(p.name for p in root.iterdir() if not (p.is_dir() and p.name.startswith("date=")))
+    stray = sorted(p.name for p in root.iterdir() if not (p.is_dir() and Catalog.is_partition(p)))
     if stray:  # it would be neither validated nor quarantined: say so instead of skipping it
         raise InputDataError(f"{root / stray[0]}: outside any date=YYYY-MM-DD partition ({len(stray)} such "
                              f"entr{'y' if len(stray) == 1 else 'ies'}); move it into its day's partition or remove it")
     parts = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("date=")):
-        day = d.name.removeprefix("date=")
+    for day, d in Catalog.day_partitions(root).items():
         try:
             day_date = date.fromisoformat(day)
         except ValueError:

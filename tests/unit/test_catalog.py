@@ -52,3 +52,14 @@ def test_views_of_one_spec_share_one_source():
     with pytest.raises(ValueError, match="one source"):
         FeatureSpec(views=(view, *FEATURE_SPEC.views[1:]), on_demand=FEATURE_SPEC.on_demand,
                     service=FEATURE_SPEC.service)
+
+
+def test_day_partitions_lists_partition_folders_in_day_order(tmp_path):
+    for name in ("date=2024-03-02", "date=2024-03-01", ".date=2024-03-03.old-x", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "date=2024-03-04").write_text("a file, not a partition")
+    parts = Catalog.day_partitions(tmp_path)
+    assert list(parts) == ["2024-03-01", "2024-03-02"]
+    assert parts["2024-03-01"] == tmp_path / "date=2024-03-01"
+    assert Catalog.partition_day(tmp_path / "date=2024-03-02" / "part-0.parquet") == "2024-03-02"
+    assert Catalog.day_partitions(tmp_path / "missing") == {}
