@@ -96,6 +96,11 @@ class Catalog:
     def faults(self) -> Path:
         return self.raw / "faults.json"
 
+    @property
+    def raw_generation(self) -> Path:
+        """The generation settings the raw data was made with (`run --skip-generate` takes the raw data as it is)."""
+        return self.raw / "generation.json"
+
     # ---- validated and quarantined (validate)
     @property
     def validated(self) -> Path:

@@ -173,9 +173,9 @@ def write_raw_events(
             "seed": cfg.seed,
             "total": int(sum(faults.values())),
             "counts": {k: int(faults.get(k, 0)) for k in faults_mod.KINDS},
-            "generation": cfg.model_dump(mode="json"),  # how this raw data was made (`run --skip-generate` reads it)
         }
         write_json(fault_doc, staged.faults)
+        write_json(cfg.model_dump(mode="json"), staged.raw_generation)  # how this raw data was made
         current = version.publication.published("raw")
         if days is not None and current is not None:  # keep every other day's partition
             regenerated = {Catalog.partition(d.isoformat()) for d in days}
@@ -203,15 +203,26 @@ def write_raw_events(
 
 
 def recorded_generation(data_dir: Path) -> GenerationConfig | None:
-    """The generation settings `generate` recorded with the raw data under `data_dir` (in faults.json), or None
-    where there is no such record (raw data from elsewhere, or from before the record existed)."""
+    """The generation settings `generate` recorded with the raw data under `data_dir` (raw/generation.json), or
+    None where there is no such record (raw data from elsewhere, or from before the record existed)."""
     import json
 
+    path = Catalog(data_dir).raw_generation
     try:
-        doc = json.loads(Catalog(data_dir).faults.read_text())["generation"]
-    except (OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return GenerationConfig.model_validate(doc)
+    except (OSError, ValueError) as e:
+        from feedstore.core.errors import InputDataError
+
+        raise InputDataError(f"{path}: unreadable generation record ({e})") from None
+    try:
+        return GenerationConfig.model_validate(doc)
+    except ValueError as e:
+        from feedstore.core.errors import InputDataError
+
+        first = str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else str(e)
+        raise InputDataError(f"{path}: not a generation record ({first.strip()})") from None
 
 
 def _run_tasks(cfg, world, tasks, fault_rate, stage, workers, progress):
@@ -260,7 +271,8 @@ class GenerateResult:
 
 def generate_events(cfg: PipelineConfig, *, fault_rate: float = 0.0, workers: int | None = None, report: bool = True,
                     progress: bool = True, days: list | None = None) -> GenerateResult:
-    """Stage `generate`: write `<data_dir>/raw/` (users, items, interactions, faults.json) and the realism report.
+    """Stage `generate`: write `<data_dir>/raw/` (users, items, interactions, faults.json, generation.json) and the
+    realism report.
     With `days`, only those days' partitions (what the daily DAG does)."""
     from feedstore.ingestion.generate.realism import write_report
 
