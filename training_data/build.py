@@ -95,16 +95,6 @@ def fingerprint(cfg: PipelineConfig, store) -> str:
     return h.hexdigest()[:12]
 
 
-
-
-
-
-
-
-
-
-
-
 @dataclass(frozen=True)
 class TrainingSetResult:
     path: Path
@@ -168,6 +158,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     stage = pending.path / version
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
+    progress = None
     try:
         import pyarrow.parquet as pq
 
@@ -245,6 +236,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     finally:
         for w in writers.values():
             w.close()
+        if progress is not None:
+            progress.close()  # its heartbeat stops on a failed build too
     log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
              time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
     return StagedTrainingSet(stage, out, version, manifest, pending)

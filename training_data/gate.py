@@ -27,7 +27,6 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_TS_PREFIX, TRAINING_KEYS, TRAINING_LABELS
 from feedstore.core.errors import ColdStart, ValidationFailed
 from feedstore.core.gx import TABLE, GXRunner, expectation, suite, summary_table
-from feedstore.core.spec import FEATURE_SPEC
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,7 @@ class TrainingSetGate:
         runner = GXRunner(docs_dir=docs_dir, history=self.cfg.validation.docs_history)
         outcomes = runner.validate(folded, suite(SUITE, rules), "training_set", example_columns=["split", "day"],
                                    run_name="training set")
-        sparse = set(FEATURE_SPEC.sparse_columns() if self.cfg.splits.sparse_features is None
-                     else self.cfg.splits.sparse_features)
+        sparse = set(self.cfg.splits.sparse_features)
         history = _history(self.first_snapshot)
         if self.rows and not self.warm_rows:
             raise ColdStart(f"training set: cold start, too little history: none of its {self.rows:,} rows comes "

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from feedstore.core.contracts import DEVICES
 from feedstore.core.errors import ConfigError
+from feedstore.core.spec import FEATURE_SPEC
 
 #: The repository's `config/` folder (present in a source checkout and an editable install).
 #: config/ ships inside the package (feedstore/config -> ../config in the source tree, package data in a wheel), so
@@ -241,8 +242,8 @@ class SplitConfig(_Strict):
     max_null_fraction: float = Field(
         0.6, ge=0.0, le=1.0, description="Training-set gate: any feature null in more rows than this fails."
     )
-    sparse_features: list[str] | None = Field(
-        default=None,
+    sparse_features: list[str] = Field(
+        default_factory=lambda: FEATURE_SPEC.sparse_columns(),
         description="Features whose null means 'never happened' (first exposure): allowed up to 99.5% null. "
         "null: the feature spec's active-days views (the user x item history).",
     )
@@ -253,6 +254,13 @@ class SplitConfig(_Strict):
         250_000, ge=1_000, description="The builder streams get_historical_features in batches of this many "
         "rows (gate, report and split files are fed batch by batch): memory is bounded by it, not by the rows."
     )
+
+    @field_validator("sparse_features", mode="before")
+    @classmethod
+    def _spec_sparse(cls, value: Any) -> Any:
+        # null (the shipped yaml) = the spec's, resolved here so the config (and the training-set fingerprint that
+        # hashes it) names the columns, not "null"
+        return FEATURE_SPEC.sparse_columns() if value is None else value
 
     @model_validator(mode="after")
     def _cuts(self) -> SplitConfig:

@@ -10,6 +10,8 @@ from typing import Any
 import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+#: Microseconds in a day (every stored timestamp is UTC microseconds; a snapshot of day D is stamped D + 1 day).
+DAY_US = 86_400_000_000
 
 USERS_SCHEMA = pa.schema(
     [

@@ -45,7 +45,8 @@ class ColdStart(ValidationFailed):
 
 class EntityDataFrameError(ValueError):
     """The entity rows given to a point-in-time retrieval lack a column the requested features need (raised by the
-    offline stores before any query runs; the training-set builder reports it in one line)."""
+    offline stores before any query runs). No exit code of its own: it is internal to a retrieval, and the
+    training-set builder turns it into a one-line FeedstoreError (exit 1)."""
 
 
 class ServingError(FeedstoreError):

@@ -12,7 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from feedstore.core.catalog import Catalog
-from feedstore.core.config import ENV_SPARK_MASTER, PipelineConfig
+from feedstore.core.config import ENV_SPARK_MASTER, ONLINE_STORES, PipelineConfig
 from feedstore.core.errors import ConfigError, FeedstoreError, ServingError
 from feedstore.core.logs import redact
 
@@ -98,11 +98,13 @@ def check_redis(connection_string: str, timeout: float = 2.0) -> None:
 
 
 def applied_stores(cfg: PipelineConfig) -> list[str]:
-    """The online stores (of YAML_FILES) `apply` has registered in this data dir: those whose registry is a file
-    there that exists, and the SQL-registry stores when FEEDSTORE_REGISTRY_URL names a database (not probed)."""
+    """The online stores `apply` has registered for this data dir, in ONLINE_STORES order (the embedded default
+    first): those whose registry is a file there that exists, and a SQL-registry store only when it is the
+    configured store and FEEDSTORE_REGISTRY_URL names a database (not probed here; opening it says more)."""
     cat = Catalog(cfg.data_dir)
-    return [s for s in YAML_FILES
-            if (os.environ.get(ENV_REGISTRY_URL) if s in SQL_REGISTRY else cat.registry(s).exists())]
+    return [s for s in ONLINE_STORES
+            if ((s == cfg.serving.online_store and bool(os.environ.get(ENV_REGISTRY_URL))) if s in SQL_REGISTRY
+                else cat.registry(s).exists())]
 
 
 def feature_store(cfg: PipelineConfig, online_store: str):

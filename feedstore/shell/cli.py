@@ -172,6 +172,9 @@ def run(g: Globals, users, items, interactions, start, end, seed, online_store, 
     if skip_generate:  # the raw data is taken as it is: generation options may only restate how it was made
         from feedstore.shell.runner import raw_generation
 
+        if fault_rate:
+            raise click.UsageError("--inject-faults corrupts rows as they are generated: with --skip-generate the raw "
+                                   "data is taken as it is (its injected faults are counted in raw/faults.json)")
         made = raw_generation(cfg)
         asked = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("generation.") and v is not None}
         if any(getattr(made, k) != v for k, v in asked.items()):

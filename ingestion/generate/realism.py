@@ -16,6 +16,7 @@ import numpy as np
 from feedstore.core import duck
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import GenerationConfig
+from feedstore.core.contracts import DAY_US
 from feedstore.core.io import write_json
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def measure(data_dir: Path, cfg: GenerationConfig) -> list[Check]:
                    SELECT user_id, item_id, event_timestamp, click, dwell_time, creation_date, category, base_quality,
                           epoch_us(event_timestamp) - epoch_us(creation_date) AS age_us
                    FROM ev JOIN items USING (item_id)""")
-    day_us = 86_400_000_000
+    day_us = DAY_US
     before_creation, young = q(f"SELECT count(*) FILTER (WHERE event_timestamp < creation_date), "
                                f"avg((age_us < {7 * day_us})::INT) FROM ei")[0]
     checks.append(_cmp("no event before its user's signup", "events before signup",

@@ -175,12 +175,16 @@ def write_raw_events(
             "counts": {k: int(faults.get(k, 0)) for k in faults_mod.KINDS},
         }
         write_json(fault_doc, staged.faults)
-        write_json(cfg.model_dump(mode="json"), staged.raw_generation)  # how this raw data was made
         current = version.publication.published("raw")
         if days is not None and current is not None:  # keep every other day's partition
             regenerated = {Catalog.partition(d.isoformat()) for d in days}
             link_tree(current, out, skip=lambda rel: rel.parts[0] != "interactions" or (
                 len(rel.parts) >= 2 and rel.parts[1] in regenerated))
+        # how this raw data was made; after a partial generation (`days`), narrowed to the days it now holds
+        present = list(Catalog.day_partitions(stage))
+        record = cfg if days is None or not present else GenerationConfig.model_validate(
+            {**cfg.model_dump(mode="json"), "start": present[0], "end": present[-1]})
+        write_json(record.model_dump(mode="json"), staged.raw_generation)
         version.publish()
     except BaseException:
         version.discard()

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from feedstore.core.config import DEVICES, GenerationConfig
+from feedstore.core.contracts import DAY_US
 
 _STREAM_WORLD, _STREAM_DAYS, _STREAM_BLOCK, _STREAM_FAULTS, _STREAM_PILOT = 0, 1, 2, 3, 4
 US_PER_HOUR = 3_600_000_000
@@ -100,7 +101,7 @@ def draw_world(cfg: GenerationConfig) -> World:
     if not active_before.any():
         top = int(np.argmax(activity)) if activity.max() > 0 else 0
         activity[top] = max(activity[top], 1.0)
-        signup[top] = start_us - 86_400_000_000
+        signup[top] = start_us - DAY_US
     propensity = rng.normal(0.0, cfg.engagement.user_propensity_sigma, n_u)
     mix = np.array([cfg.devices.mix[d] for d in DEVICES])
     device_cdf = np.cumsum(mix / mix.sum())

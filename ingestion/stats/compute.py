@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from feedstore.core import duck
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
-from feedstore.core.contracts import TIMESTAMP, offline_schema
+from feedstore.core.contracts import DAY_US, TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
 from feedstore.core.io import VersionStage, link_tree, remove_replace_leftovers, replace_dir
 from feedstore.core.progress import Progress
@@ -193,7 +193,7 @@ def _part(staged: Catalog, view: str, day: int) -> Path:
 
 def _stamp(day: int, rows: int) -> pa.Array:
     """`event_timestamp` of a snapshot row for `day`: the midnight ending it."""
-    return pa.array(np.full(rows, (day + 1) * 86_400_000_000, np.int64), TIMESTAMP)
+    return pa.array(np.full(rows, (day + 1) * DAY_US, np.int64), TIMESTAMP)
 
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from feedstore.core import duck
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
+from feedstore.core.contracts import DAY_US
 from feedstore.core.errors import ValidationFailed
 from feedstore.core.gx import TABLE, GXRunner, expectation, suite, summary_table
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
@@ -21,7 +22,6 @@ from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 log = logging.getLogger(__name__)
 
 
-_DAY_US = 86_400_000_000
 
 
 def _q(name: str) -> str:
@@ -119,7 +119,7 @@ def check_view(view: ViewSpec, categories: int) -> tuple[dict[str, tuple[str, st
                                  notes="at least one event so far (rows exist only on active days)"))
     # on the epoch (exact for UTC stamps): date_trunc on a TIMESTAMPTZ goes through the time-zone calendar, which
     # cost more than reading the rows
-    checks["_midnight"] = (f"epoch_us(event_timestamp) % {_DAY_US} = 0", "bool_and")
+    checks["_midnight"] = (f"epoch_us(event_timestamp) % {DAY_US} = 0", "bool_and")
     return checks, rules + _common_rules(view.name)
 
 
@@ -154,7 +154,7 @@ def validate_stats(cfg: PipelineConfig, days: list[str], root: Path | None = Non
         # never invent one.
         frame = con.execute(f"""
             SELECT strftime(DATE '1970-01-01' + CAST(d AS INTEGER), '%Y-%m-%d') AS day, * EXCLUDE (d) FROM (
-                SELECT CAST(floor(epoch_us(event_timestamp) / {_DAY_US}) AS BIGINT) - 1 AS d, count(*) AS _rows,
+                SELECT CAST(floor(epoch_us(event_timestamp) / {DAY_US}) AS BIGINT) - 1 AS d, count(*) AS _rows,
                        count(*) - count(DISTINCT hash({', '.join(view.keys)}, event_timestamp)) + 1 AS _rows_per_key,
                        {', '.join(folds)}
                 FROM read_parquet($files, hive_partitioning = false) GROUP BY d)

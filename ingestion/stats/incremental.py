@@ -154,40 +154,44 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
 
     views: dict[str, _ViewTiles] = {}
     progress = Progress(2 * len(spec.views), "stats (incremental)", unit="steps (tiles, rows per view)", logger=log)
-    for view in spec.views:
-        progress.step = f"{view.name} tiles"
-        sums, names, _ = _tile_sums(view, n_cat)
-        keys = ", ".join(view.keys)
-        new = _split_days(con.execute(f"SELECT d, {keys}, {', '.join(sums)} FROM ev GROUP BY d, {keys} "
-                                      f"ORDER BY d, {keys}").fetchnumpy(), view.keys, names)
-        if trusted:
-            first = start_w - max(view.window_shifts, default=0)
-            stored = {d: tiles.read_tiles(p, view.keys, names) for d, p in disk[view.name].items() if d >= first}
-            state = states[view.name]
-        else:  # the rebuilt tiles are the stored ones; the state is their sum (active-days views: from the events)
-            stored = new
-            state = _sum_state(view, new, s, n_cat) if view.rows == "change_points" else None
-        differs = [d for d in range(a, b + 1) if not trusted or not _same(new.get(d), stored.get(d))]
-        views[view.name] = _ViewTiles(view, names, new, stored, state, differs)
-        progress.update()
-    late = trusted and any(d <= s for vt in views.values() for d in vt.differs)
-    end_w = max(b, s) if late else b
-    if late:
-        log.info("late or corrected data: the tiles of %s changed, rewriting snapshot days %s..%s",
-                 ", ".join(sorted({tiles.day_str(d) for vt in views.values() for d in vt.differs if d <= s})),
-                 tiles.day_str(start_w), tiles.day_str(end_w))
-
-    version = cat.publication("stats").begin()  # a new version of offline/, switched to in one step at publish
+    try:  # the heartbeat stops on any failure below
+        for view in spec.views:
+            progress.step = f"{view.name} tiles"
+            sums, names, _ = _tile_sums(view, n_cat)
+            keys = ", ".join(view.keys)
+            new = _split_days(con.execute(f"SELECT d, {keys}, {', '.join(sums)} FROM ev GROUP BY d, {keys} "
+                                          f"ORDER BY d, {keys}").fetchnumpy(), view.keys, names)
+            if trusted:
+                first = start_w - max(view.window_shifts, default=0)
+                stored = {d: tiles.read_tiles(p, view.keys, names) for d, p in disk[view.name].items() if d >= first}
+                state = states[view.name]
+            else:  # the rebuilt tiles are the stored ones; the state is their sum (active-days views: from the events)
+                stored = new
+                state = _sum_state(view, new, s, n_cat) if view.rows == "change_points" else None
+            differs = [d for d in range(a, b + 1) if not trusted or not _same(new.get(d), stored.get(d))]
+            views[view.name] = _ViewTiles(view, names, new, stored, state, differs)
+            progress.update()
+        late = trusted and any(d <= s for vt in views.values() for d in vt.differs)
+        end_w = max(b, s) if late else b
+        if late:
+            log.info("late or corrected data: the tiles of %s changed, rewriting snapshot days %s..%s",
+                     ", ".join(sorted({tiles.day_str(d) for vt in views.values() for d in vt.differs if d <= s})),
+                     tiles.day_str(start_w), tiles.day_str(end_w))
+        version = cat.publication("stats").begin()  # a new version of offline/, switched to in one step at publish
+    except BaseException:
+        progress.close()
+        raise
     staged = Catalog.staged(version.path)  # its intermediate/ sits outside offline/, where Feast's source globs read
     stage = staged.offline
-    stage.mkdir()
     origin_day = (cfg.generation.start - EPOCH).days
     tables = {"users": cat.validated_users, "items": cat.validated_items}
     rows: dict[str, int] = {}
     tile_days: dict[str, list[str] | None] = {}
+    writer = None
     try:
-        writer = _DayWriter(workers)
         try:
+            stage.mkdir()
+            writer = _DayWriter(workers)
             for vt in views.values():
                 view = vt.view
                 progress.step = f"{view.name} rows"
@@ -214,7 +218,8 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
                     tiles.write_state(state, view, staged.tile_state(view.name))
                 progress.update()
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             progress.close()
         rows = {v: n for v, n in writer.rows.items() if not v.startswith("tiles:")}
         for v in (v for v in spec.views if v.rows == "active_days"):

@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
-from feedstore.core.contracts import TIMESTAMP, offline_schema
+from feedstore.core.contracts import DAY_US, TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_DAY_US = 86_400_000_000
 
 
 def spark_sql(sql: str) -> str:
@@ -120,7 +119,7 @@ def feature_batches(batches: Iterator[pa.RecordBatch], view: ViewSpec, names: li
         sums = {w: np.stack([b.column(f"{n}__{view.window_label(w)}").to_numpy(zero_copy_only=False).astype(np.int64)
                              for n in cols]).reshape(len(cols), b.num_rows) for w, cols in windows.items()}
         features = _feature_columns(view, _Snapshot(0, day, sums), index, categories)
-        out = {key: b.column(key), "event_timestamp": pa.array((day + 1) * _DAY_US, TIMESTAMP), **features,
+        out = {key: b.column(key), "event_timestamp": pa.array((day + 1) * DAY_US, TIMESTAMP), **features,
                **{a.name: b.column(a.name) for a in view.attributes}, "date": b.column("date")}
         yield pa.RecordBatch.from_pydict(out, schema=schema)
 
@@ -196,7 +195,7 @@ def _active_days(ev: DataFrame, view: ViewSpec, lo: int, hi: int) -> DataFrame:
     out = tiles.select(*keys, "__day", *[F.sum(f.of).over(running).cast("bigint").alias(view.column_name(f, None))
                                          for f in view.features])
     return (out.where(F.col("__day").between(lo, hi))
-            .select(*keys, F.timestamp_micros((F.col("__day") + 1).cast("bigint") * _DAY_US).alias("event_timestamp"),
+            .select(*keys, F.timestamp_micros((F.col("__day") + 1).cast("bigint") * DAY_US).alias("event_timestamp"),
                     *[view.column_name(f, None) for f in view.features], _date_column("__day").alias("date")))
 
 

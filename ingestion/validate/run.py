@@ -152,56 +152,56 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
     res = TableResult("interactions", gx_suite.name)
     per_day: dict[str, tuple[int, int, int]] = {}
     columns = INTERACTIONS_SCHEMA.names
-    progress = Progress(sum(p.rows for p in parts), "validate interactions", unit="rows", logger=log)
-    for chunk in _chunks(parts, v.chunk_rows):
-        tables, spans, occ_id, occ_imp = [], [], [], []  # spans: (day, file, first row in chunk, rows)
-        offset = 0
-        for p in chunk:
-            for f in p.files:
-                t = read_contract_table(f, INTERACTIONS_SCHEMA, allow_empty=True)
-                tables.append(t)
-                spans.append((p.day, f, offset, t.num_rows))
-                for occ, rep in ((occ_id, rep_ids), (occ_imp, rep_imps)):
-                    o = np.ones(t.num_rows, dtype=np.int64)
-                    o[rep.get(str(f), np.empty(0, np.int64))] = 2
-                    occ.append(o)
-                offset += t.num_rows
-        table = pa.concat_tables(tables).combine_chunks()
-        n = table.num_rows
-        df = _validation_view(table, users, items, np.concatenate(occ_id), np.concatenate(occ_imp))
-        outcomes = runner.validate(df, gx_suite, "raw_interactions", example_columns=columns,
-                                   run_name=f"raw interactions {chunk[0].day}..{chunk[-1].day}")
-        bad, reasons, counts = quarantine_mask(n, outcomes)
-        res.rows_in += n
-        res.validated += int((~bad).sum())
-        res.quarantined += int(bad.sum())
-        for r, c in counts.items():
-            res.by_reason[r] = res.by_reason.get(r, 0) + c
-        res.add(outcomes, n)
-        # each row's source file and row number within it (the chunk concatenates the partitions' files)
-        names = np.array([str(s[1]) for s in spans], dtype=object)
-        files = np.repeat(names, [s[3] for s in spans])
-        row_no = np.arange(n) - np.repeat([s[2] for s in spans], [s[3] for s in spans])
-        bad_idx = np.flatnonzero(bad)
-        quarantined = _quarantine_table(table, bad, reasons, files, row_no)
-        q_day = np.repeat([s[0] for s in spans], [s[3] for s in spans])[bad_idx] if len(bad_idx) else []
-        clicks = df["click"].to_numpy(dtype=np.float64, na_value=np.nan)
-        likes = df["like"].to_numpy(dtype=np.float64, na_value=np.nan)
-        # partitions are contiguous in the chunk: slice, don't search
-        day_rows: dict[str, list[int]] = {}
-        for day, _, first, rows in spans:
-            day_rows.setdefault(day, [first, first])[1] = first + rows
-        for day, (lo, hi) in day_rows.items():
-            keep = ~bad[lo:hi]
-            write_parquet(table.slice(lo, hi - lo).filter(pa.array(keep)),
-                          stage.validated_interactions / Catalog.partition(day) / "part-0.parquet")
-            in_q = np.asarray(q_day) == day if len(bad_idx) else None
-            if in_q is not None and in_q.any():
-                write_parquet(quarantined.filter(pa.array(in_q)),
-                              stage.quarantined_interactions / Catalog.partition(day) / "part-0.parquet")
-            per_day[day] = (int(keep.sum()), int(np.nansum(clicks[lo:hi][keep])), int(np.nansum(likes[lo:hi][keep])))
-        progress.update(n)
-    progress.close()
+    with Progress(sum(p.rows for p in parts), "validate interactions", unit="rows", logger=log) as progress:
+        for chunk in _chunks(parts, v.chunk_rows):
+            tables, spans, occ_id, occ_imp = [], [], [], []  # spans: (day, file, first row in chunk, rows)
+            offset = 0
+            for p in chunk:
+                for f in p.files:
+                    t = read_contract_table(f, INTERACTIONS_SCHEMA, allow_empty=True)
+                    tables.append(t)
+                    spans.append((p.day, f, offset, t.num_rows))
+                    for occ, rep in ((occ_id, rep_ids), (occ_imp, rep_imps)):
+                        o = np.ones(t.num_rows, dtype=np.int64)
+                        o[rep.get(str(f), np.empty(0, np.int64))] = 2
+                        occ.append(o)
+                    offset += t.num_rows
+            table = pa.concat_tables(tables).combine_chunks()
+            n = table.num_rows
+            df = _validation_view(table, users, items, np.concatenate(occ_id), np.concatenate(occ_imp))
+            outcomes = runner.validate(df, gx_suite, "raw_interactions", example_columns=columns,
+                                       run_name=f"raw interactions {chunk[0].day}..{chunk[-1].day}")
+            bad, reasons, counts = quarantine_mask(n, outcomes)
+            res.rows_in += n
+            res.validated += int((~bad).sum())
+            res.quarantined += int(bad.sum())
+            for r, c in counts.items():
+                res.by_reason[r] = res.by_reason.get(r, 0) + c
+            res.add(outcomes, n)
+            # each row's source file and row number within it (the chunk concatenates the partitions' files)
+            names = np.array([str(s[1]) for s in spans], dtype=object)
+            files = np.repeat(names, [s[3] for s in spans])
+            row_no = np.arange(n) - np.repeat([s[2] for s in spans], [s[3] for s in spans])
+            bad_idx = np.flatnonzero(bad)
+            quarantined = _quarantine_table(table, bad, reasons, files, row_no)
+            q_day = np.repeat([s[0] for s in spans], [s[3] for s in spans])[bad_idx] if len(bad_idx) else []
+            clicks = df["click"].to_numpy(dtype=np.float64, na_value=np.nan)
+            likes = df["like"].to_numpy(dtype=np.float64, na_value=np.nan)
+            # partitions are contiguous in the chunk: slice, don't search
+            day_rows: dict[str, list[int]] = {}
+            for day, _, first, rows in spans:
+                day_rows.setdefault(day, [first, first])[1] = first + rows
+            for day, (lo, hi) in day_rows.items():
+                keep = ~bad[lo:hi]
+                write_parquet(table.slice(lo, hi - lo).filter(pa.array(keep)),
+                              stage.validated_interactions / Catalog.partition(day) / "part-0.parquet")
+                in_q = np.asarray(q_day) == day if len(bad_idx) else None
+                if in_q is not None and in_q.any():
+                    write_parquet(quarantined.filter(pa.array(in_q)),
+                                  stage.quarantined_interactions / Catalog.partition(day) / "part-0.parquet")
+                per_day[day] = (int(keep.sum()), int(np.nansum(clicks[lo:hi][keep])),
+                                int(np.nansum(likes[lo:hi][keep])))
+            progress.update(n)
     res.finish()
 
     # totals and daily volumes of the validated rows, checked by GX as table rules

@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 
 from feedstore.core.contracts import (
+    DAY_US,
     TIME_OF_DAY,
 )
 from feedstore.ingestion.validate.reading import Partition
@@ -53,7 +54,7 @@ def _validation_view(table: pa.Table, users: pa.Table, items: pa.Table, occ_id: 
     hour = np.where(ts_null, -1, (ts_us // 3_600_000_000) % 24)
     tod = pd.Categorical.from_codes(
         np.select([hour < 0, hour < 5, hour < 12, hour < 17, hour < 22], [-1, 3, 0, 1, 2], 3), list(TIME_OF_DAY))
-    dow = np.where(ts_null, np.nan, ((ts_us // 86_400_000_000) + 3) % 7)
+    dow = np.where(ts_null, np.nan, ((ts_us // DAY_US) + 3) % 7)
     click = cols["click"].to_numpy(dtype=np.float64, na_value=np.nan)
     no_click, clicked = click == 0, click == 1
     dwell = cols["dwell_time"].to_numpy(dtype=np.float64, na_value=np.nan)

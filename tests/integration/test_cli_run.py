@@ -57,6 +57,9 @@ def test_skip_generate_takes_the_raw_data_as_it_is(faulty_run, tmp_path):
     assert res.returncode == 2
     assert "covers 2024-02-01..2024-02-29" in res.stderr and "--start 2024-03-01" in res.stderr
     assert "pipeline run:" not in res.stderr
+    # faults are injected while generating: asking for them on raw data that is taken as it is is a usage error
+    res = feedstore("run", "--skip-generate", "--inject-faults", "0.01", "--data-dir", str(data), cwd=tmp_path)
+    assert res.returncode == 2 and "--inject-faults" in res.stderr and "pipeline run:" not in res.stderr
     # raw data without a generation record: its date partitions must match the config's range, else one line
     (data / "raw" / "generation.json").unlink()
     res = feedstore("run", "--skip-generate", "--data-dir", str(data), cwd=tmp_path)

@@ -265,7 +265,8 @@ def test_feedstore_ui_serves_the_applied_registry(store, stats_data, tmp_path, r
     d = tmp_path / "data"
     shutil.copytree(stats_data, d)
     apply_definitions(pipeline_config(d), store)
-    env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR", "FEEDSTORE_REGISTRY_URL")}
     feedstore = [sys.executable, "-m", "feedstore", "--data-dir", str(d)]
     res = subprocess.run([*feedstore, "ui", "--online-store", "redis"], env=env, capture_output=True, text=True,
                          timeout=120)

@@ -131,3 +131,11 @@ def test_unknown_engine_names_its_source(tmp_path):
     with pytest.raises(ConfigError, match=r"engine: .*'duckdb' or 'spark'.*\[from \$FEEDSTORE_ENGINE\]") as e:
         load_config(_write(tmp_path, {}), env={"FEEDSTORE_ENGINE": "flink"})
     assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+def test_every_online_store_has_its_feast_yaml():
+    from feedstore.core.config import ONLINE_STORES
+    from feedstore.core.feast_repo import YAML_FILES
+
+    assert set(YAML_FILES) == set(ONLINE_STORES)
+    assert all(path.is_file() for path in YAML_FILES.values())

@@ -14,6 +14,7 @@ from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SC
 from feedstore.ingestion.generate.events import block_sizes, build_world, generate_block, interaction_ids
 from feedstore.ingestion.generate.run import (
     plan_tasks,
+    recorded_generation,
     write_raw_events,
 )
 from tests.conftest import small_generation
@@ -256,6 +257,11 @@ def test_generating_one_day_writes_exactly_that_days_partition(tmp_path):
     full = file_bytes(tmp_path / "full" / "raw" / "interactions" / "date=2024-03-10")
     assert file_bytes(day) == {f"date=2024-03-10/{name}": data for name, data in full.items()} != {}
     assert sorted(p.name for p in (tmp_path / "day" / "raw").iterdir()) == [
-        "faults.json", "interactions", "items.parquet", "users.parquet"]
+        "faults.json", "generation.json", "interactions", "items.parquet", "users.parquet"]
+    # the generation record says which days the raw data holds: the full run all, the one-day run that day
+    assert recorded_generation(tmp_path / "full") == cfg
+    one_day = recorded_generation(tmp_path / "day")
+    assert (one_day.start, one_day.end) == (date(2024, 3, 10), date(2024, 3, 10))
+    assert one_day.model_copy(update={"start": cfg.start, "end": cfg.end}) == cfg
     with pytest.raises(ValueError, match="outside the configured range"):
         write_raw_events(cfg, tmp_path / "day", progress=False, days=[date(2023, 1, 1)])
