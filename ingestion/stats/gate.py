@@ -22,8 +22,6 @@ from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 log = logging.getLogger(__name__)
 
 
-
-
 def _q(name: str) -> str:
     return '"' + name + '"'
 

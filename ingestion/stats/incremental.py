@@ -153,8 +153,8 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
         raise InputDataError(f"{inter}: cannot read validated interactions ({str(e).splitlines()[0]})") from None
 
     views: dict[str, _ViewTiles] = {}
-    progress = Progress(2 * len(spec.views), "stats (incremental)", unit="steps (tiles, rows per view)", logger=log)
-    try:  # the heartbeat stops on any failure below
+    with Progress(2 * len(spec.views), "stats (incremental)", unit="steps (tiles, rows per view)",
+                  logger=log) as progress:  # closed on every exit: its heartbeat never outlives a failed run
         for view in spec.views:
             progress.step = f"{view.name} tiles"
             sums, names, _ = _tile_sums(view, n_cat)
@@ -177,57 +177,52 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
             log.info("late or corrected data: the tiles of %s changed, rewriting snapshot days %s..%s",
                      ", ".join(sorted({tiles.day_str(d) for vt in views.values() for d in vt.differs if d <= s})),
                      tiles.day_str(start_w), tiles.day_str(end_w))
+
         version = cat.publication("stats").begin()  # a new version of offline/, switched to in one step at publish
-    except BaseException:
-        progress.close()
-        raise
-    staged = Catalog.staged(version.path)  # its intermediate/ sits outside offline/, where Feast's source globs read
-    stage = staged.offline
-    origin_day = (cfg.generation.start - EPOCH).days
-    tables = {"users": cat.validated_users, "items": cat.validated_items}
-    rows: dict[str, int] = {}
-    tile_days: dict[str, list[str] | None] = {}
-    writer = None
-    try:
+        staged = Catalog.staged(version.path)  # its intermediate/ sits outside offline/, where Feast's globs read
+        stage = staged.offline
+        origin_day = (cfg.generation.start - EPOCH).days
+        tables = {"users": cat.validated_users, "items": cat.validated_items}
+        rows: dict[str, int] = {}
+        tile_days: dict[str, list[str] | None] = {}
         try:
             stage.mkdir()
             writer = _DayWriter(workers)
-            for vt in views.values():
-                view = vt.view
-                progress.step = f"{view.name} rows"
-                # the tiles this run (re)computed and the new state
-                write = sorted(vt.new) if not trusted else vt.differs
-                tokens = {} if not trusted else dict(vt.state.tokens)
-                for d in write:
-                    tokens.pop(d, None)
-                    if d in vt.new and vt.new[d][1].shape[1]:
-                        tokens[d] = tiles.new_token()
-                        writer.write(f"tiles:{view.name}", tiles.tiles_table(vt.new[d][0], vt.names, vt.new[d][1]),
-                                     tiles.tile_file(staged.tiles(view.name), d, tokens[d]))
-                tile_days[view.name] = None if not trusted else [tiles.day_str(d) for d in write]
-                if view.rows == "change_points":
-                    state = _change_points(cfg, con, vt, start_w, end_w, a, b, s, staged, writer, tables, origin_day,
-                                           n_cat)
-                else:
-                    state = _active_days(con, vt, start_w, end_w, a, b, s, staged, n_cat, cat.tile_bases(view.name),
-                                         disk[view.name] if trusted else {}, compact_after)
-                if not trusted and view.rows == "change_points":
-                    state = vt.state
-                if state is not None:
-                    state.tokens, state.spec = tokens, tiles.fingerprint(view, n_cat)
-                    tiles.write_state(state, view, staged.tile_state(view.name))
-                progress.update()
-        finally:
-            if writer is not None:
+            try:
+                for vt in views.values():
+                    view = vt.view
+                    progress.step = f"{view.name} rows"
+                    # the tiles this run (re)computed and the new state
+                    write = sorted(vt.new) if not trusted else vt.differs
+                    tokens = {} if not trusted else dict(vt.state.tokens)
+                    for d in write:
+                        tokens.pop(d, None)
+                        if d in vt.new and vt.new[d][1].shape[1]:
+                            tokens[d] = tiles.new_token()
+                            writer.write(f"tiles:{view.name}", tiles.tiles_table(vt.new[d][0], vt.names, vt.new[d][1]),
+                                         tiles.tile_file(staged.tiles(view.name), d, tokens[d]))
+                    tile_days[view.name] = None if not trusted else [tiles.day_str(d) for d in write]
+                    if view.rows == "change_points":
+                        state = _change_points(cfg, con, vt, start_w, end_w, a, b, s, staged, writer, tables,
+                                               origin_day, n_cat)
+                    else:
+                        state = _active_days(con, vt, start_w, end_w, a, b, s, staged, n_cat, cat.tile_bases(view.name),
+                                             disk[view.name] if trusted else {}, compact_after)
+                    if not trusted and view.rows == "change_points":
+                        state = vt.state
+                    if state is not None:
+                        state.tokens, state.spec = tokens, tiles.fingerprint(view, n_cat)
+                        tiles.write_state(state, view, staged.tile_state(view.name))
+                    progress.update()
+            finally:
                 writer.close()
-            progress.close()
-        rows = {v: n for v, n in writer.rows.items() if not v.startswith("tiles:")}
-        for v in (v for v in spec.views if v.rows == "active_days"):
-            rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in staged.view(v.name).rglob("*.parquet"))
-        days = [tiles.day_str(d) for d in range(start_w, end_w + 1)]
-    except BaseException:
-        version.discard()
-        raise
+            rows = {v: n for v, n in writer.rows.items() if not v.startswith("tiles:")}
+            for v in (v for v in spec.views if v.rows == "active_days"):
+                rows[v.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in staged.view(v.name).rglob("*.parquet"))
+            days = [tiles.day_str(d) for d in range(start_w, end_w + 1)]
+        except BaseException:
+            version.discard()
+            raise
     seconds = time.perf_counter() - t0
     log.info("stats updated incrementally for %d snapshot days (%s..%s; events of %s..%s, state as of %s) in "
              "%.2f s: %s", len(days), days[0], days[-1], tiles.day_str(ev_lo), tiles.day_str(ev_hi),

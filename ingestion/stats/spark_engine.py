@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 def spark_sql(sql: str) -> str:
     """A spec SQL expression in Spark's dialect: double-quoted identifiers become back-quoted ones (the rest of
     the spec's SQL, CAST / round / CASE, means the same in both engines)."""
