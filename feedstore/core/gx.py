@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feedstore.core import gx_fast
 from feedstore.core.docs import DataDocs, rule_status, run_record
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -112,8 +113,6 @@ class GXRunner:
     def __init__(self, docs_dir: Path | None = None, example_rows: int = 5, history: int = 20):
         import great_expectations as gx
 
-        from feedstore.core import gx_fast
-
         gx_fast.apply()
 
         # GX sets INFO on some of its own loggers at import: quiet every one of them
@@ -147,11 +146,13 @@ class GXRunner:
         if expectation_suite.name not in self._suites:
             self._suites[expectation_suite.name] = self.context.suites.add(expectation_suite)
         gx_suite = self._suites[expectation_suite.name]
-        batch = self._batch(asset_name, df)
         # no unexpected_index_query: it is never read (the index list is) and GX builds it by filtering the whole
         # frame (two boolean-mask copies of every column) once per row rule
-        result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5,
-                                                         "return_unexpected_index_query": False})
+        with gx_fast.copy_on_write():
+            batch = self._batch(asset_name, df)
+            result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE",
+                                                             "partial_unexpected_count": 5,
+                                                             "return_unexpected_index_query": False})
         outcomes = [self._outcome(r, df, example_columns) for r in result.results]
         if self.docs is not None:
             notes = {e.meta["rule"]: _notes(e) for e in expectation_suite.expectations}

@@ -1,25 +1,37 @@
-"""Two same-result speed-ups of Great Expectations' per-expectation bookkeeping, applied once per process.
+"""Same-result speed-ups of Great Expectations' pandas validation, applied once per process.
 
-GX 1.x rebuilds an expectation's whole `configuration` (a pydantic `dict()` of the expectation) once per domain
-and success key in `Expectation._get_domain_kwargs` / `_get_success_kwargs`, which run for every metric of every
-expectation: over a hundred configurations per expectation per validation, a large share of GX's time on the
-interactions suite (the profile and figures are in bench/RESULTS.md). The replacements build the configuration
-once per call and look every key up in it: the same keys, values and defaults, in the same order, the same errors.
+1. GX 1.x rebuilds an expectation's whole `configuration` (a pydantic `dict()` of the expectation) once per domain
+   and success key in `Expectation._get_domain_kwargs` / `_get_success_kwargs`, which run for every metric of
+   every expectation: over a hundred configurations per expectation per validation. The replacements build the
+   configuration once per call and look every key up in it: the same keys, values and defaults, in the same
+   order, the same errors.
+2. GX fingerprints a frame (`hash_pandas_dataframe`: an md5 over a hash of every cell, ~0.6 s for the 1M-row
+   interactions view, most of it turning Arrow strings into Python objects) each time it loads it as a batch, and
+   one validation loads it twice. The fingerprint only goes into the batch markers of GX's result, which feedstore
+   never reads (reports, quarantine and Data Docs come from the rule outcomes), and GX itself leaves it out for
+   frames over 1 GB (`HASH_THRESHOLD`). feedstore leaves it out for every frame: no rule, count or index changes.
+3. `copy_on_write()` runs a validation under pandas' Copy-on-Write mode (the default from pandas 3). GX filters
+   the whole frame by a column's non-null mask for every metric of every row rule (`df[df[col].notnull()]`), and
+   without Copy-on-Write an all-true mask returns a deep copy of every column. Under it the copy is lazy, and GX
+   only reads the frames it filters, so every metric, count and index list is the same (tests compare them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _applied = False
 
 
 def apply() -> None:
-    """Install the replacements on `great_expectations.expectations.expectation.Expectation` (idempotent)."""
+    """Install the replacements in GX (idempotent)."""
     global _applied
     if _applied:
         return
     from great_expectations.exceptions import InvalidExpectationKwargsError
+    from great_expectations.execution_engine import pandas_execution_engine
     from great_expectations.expectations.expectation import Expectation
 
     def _get_domain_kwargs(self) -> dict[str, str | None]:
@@ -39,4 +51,14 @@ def apply() -> None:
 
     Expectation._get_domain_kwargs = _get_domain_kwargs
     Expectation._get_success_kwargs = _get_success_kwargs
+    pandas_execution_engine.HASH_THRESHOLD = 0  # no frame is small enough to be fingerprinted
     _applied = True
+
+
+@contextmanager
+def copy_on_write() -> Iterator[None]:
+    """Within the block, pandas runs in Copy-on-Write mode (see the module docstring)."""
+    import pandas as pd
+
+    with pd.option_context("mode.copy_on_write", True):
+        yield
