@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,54 @@ def write_parquet(table: pa.Table, target: Path) -> None:
     """Write `table` to `target` atomically."""
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, **PARQUET_OPTIONS)
+
+
+def write_stats_parquet(table: pa.Table, target: Path) -> None:
+    """Write `table` to `target` (a staging folder: not atomic) with the statistics' settings: not
+    PARQUET_OPTIONS, whose zstd level 3 made `feedstore stats` slower, and no dictionary encoding, which costs more
+    write time than the size it saves (bench/RESULTS.md)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, target, compression="zstd", use_dictionary=False)
+
+
+class ParquetWriters:
+    """Parquet files written on a small thread pool (encoding and compression release the GIL) with `write`
+    (default `write_parquet`), at most 4 files per worker in flight so memory stays bounded however many files
+    are written; `rows` counts the rows written per label. `close()` waits for every file and re-raises the first
+    error; a `with` block closes it."""
+
+    def __init__(self, workers: int, write: Callable[[pa.Table, Path], None] = write_parquet) -> None:
+        self._write = write
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parquet-writer")
+        self._slots = threading.BoundedSemaphore(4 * workers)
+        self._futures: list[Future] = []
+        self.rows: dict[str, int] = {}
+
+    def write(self, label: str, table: pa.Table, path: Path) -> None:
+        self._slots.acquire()
+        self.rows[label] = self.rows.get(label, 0) + table.num_rows
+
+        def job() -> None:
+            try:
+                self._write(table, path)
+            finally:
+                self._slots.release()
+
+        self._futures.append(self._pool.submit(job))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for fut in self._futures:
+            fut.result()  # re-raise the first write error
+
+    def __enter__(self) -> ParquetWriters:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the block's error wins; still wait, so no file is written after the caller cleans up
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_json(obj: Any, target: Path) -> None:
@@ -110,10 +160,11 @@ class Publication:
     Each output `<parent>/<name>` is a fixed relative symlink to `.<stage>.versions/current/<name>`; `current` is a
     symlink to one complete version folder. A run builds its version in `.<stage>.versions/<id>.staging`, renames
     it to `<id>`, then switches `current` with one atomic rename: readers (which resolve the path once) see the old
-    outputs or the new ones, never a mix. The previous version is kept for readers still on it; older ones and the
-    staging folders of killed runs are removed by the next run (which holds the stage's lock, so it never removes a
-    live run's staging). Nothing hidden ever appears inside an output folder, so a source glob such as Feast's
-    `offline/<view>/**/*.parquet` reads published rows only.
+    outputs or the new ones, never a mix. The previous version is kept for readers still on it until the stage's
+    next run begins, which renames it at once and removes its files on a background thread while it works (on a
+    slow disk unlinking a thousand files takes seconds); it also removes the staging folders of killed runs (it
+    holds the stage's lock, so it never removes a live run's staging). Nothing hidden ever appears inside an
+    output folder, so a source glob such as Feast's `offline/<view>/**/*.parquet` reads published rows only.
     """
 
     parent: Path
@@ -139,13 +190,14 @@ class Publication:
         try:
             self._clean(keep_previous=True)
             self._link_outputs()
+            retired = self._retire_old_versions()
             vid = f"{time.time_ns():x}-{os.getpid()}"
             path = self.versions / f"{vid}.staging"
             path.mkdir()
         except BaseException:
             os.close(fd)
             raise
-        return VersionStage(self, vid, path, fd)
+        return VersionStage(self, vid, path, fd, _remover(retired))
 
     def clean_if_idle(self) -> None:
         """Remove what killed runs left (staging versions; the whole versions folder if nothing was ever published),
@@ -184,6 +236,20 @@ class Publication:
             else:
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def _retire_old_versions(self) -> list[Path]:
+        """Rename every version but the current one to `<id>.trash` (removed by the caller, or by the next run's
+        clean-up if this process dies first); return the renamed folders."""
+        current = self._current()
+        retired = []
+        for entry in self.versions.iterdir():
+            name = entry.name
+            if name in (".lock", "current", current) or name.startswith(".") or name.endswith((".staging", ".trash")):
+                continue
+            trash = entry.with_name(f"{name}.trash")
+            os.replace(entry, trash)
+            retired.append(trash)
+        return retired
+
     def _link_outputs(self) -> None:
         """Make every output a symlink through `current` (replacing a real folder left by an older layout or a
         copy that followed symlinks)."""
@@ -201,6 +267,23 @@ class Publication:
             os.replace(tmp, link)
 
 
+def _remover(folders: list[Path]) -> threading.Thread | None:
+    """A started thread removing `folders` (files too; None if there are none)."""
+    if not folders:
+        return None
+
+    def remove() -> None:
+        for folder in folders:
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)
+
+    thread = threading.Thread(target=remove, name="feedstore-retire-versions", daemon=True)
+    thread.start()
+    return thread
+
+
 @dataclass
 class VersionStage:
     """A version being built (`path`); `publish()` switches to it, `discard()` drops it. Holds the stage lock."""
@@ -209,9 +292,11 @@ class VersionStage:
     vid: str
     path: Path
     _fd: int | None
+    _removing: threading.Thread | None = None  # removes the versions this run retired when it began
 
     def publish(self) -> None:
         pub = self.publication
+        self._removed()
         crash_point(f"{pub.hook or pub.stage}.publish")
         for name in pub.outputs:  # an output with nothing in it is an empty folder, never a dangling link
             if not (self.path / name).exists():
@@ -229,9 +314,16 @@ class VersionStage:
 
     def discard(self) -> None:
         """Drop the version (a no-op once published)."""
+        self._removed()
         if self._fd is not None:
             shutil.rmtree(self.path, ignore_errors=True)
         self._release()
+
+    def _removed(self) -> None:
+        """Wait until the retired versions are gone (publish's own clean-up must not race the remover)."""
+        if self._removing is not None:
+            self._removing.join()
+            self._removing = None
 
     def _release(self) -> None:
         if self._fd is not None:

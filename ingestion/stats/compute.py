@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +46,14 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import DAY_US, TIMESTAMP, offline_schema
 from feedstore.core.errors import InputDataError
-from feedstore.core.io import VersionStage, link_tree, remove_replace_leftovers, replace_dir
+from feedstore.core.io import (
+    ParquetWriters,
+    VersionStage,
+    link_tree,
+    remove_replace_leftovers,
+    replace_dir,
+    write_stats_parquet,
+)
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
@@ -154,37 +160,6 @@ def _sweep(ents: _Entities, act: _Activity, lo: int, hi: int, shifts: tuple[int,
         yield _Snapshot(day, rows, {w: state[:, rows] for w, state in sums.items()})
     if final is not None:
         final.update(sums)
-
-
-class _DayWriter:
-    """Writes one Parquet file per day partition on a small thread pool (Parquet encoding releases the GIL),
-    with a bounded number of files in flight so memory stays bounded whatever the history length."""
-
-    def __init__(self, workers: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats-writer")
-        self._slots = threading.BoundedSemaphore(4 * workers)
-        self._futures: list = []
-        self.rows: dict[str, int] = {}
-
-    def write(self, view: str, table: pa.Table, path: Path) -> None:
-        self._slots.acquire()
-        self.rows[view] = self.rows.get(view, 0) + table.num_rows
-
-        def job() -> None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # not feedstore.core.io.PARQUET_OPTIONS: its zstd level 3 made `feedstore stats` slower, and no
-                # dictionary encoding: it costs more write time than the size it saves (bench/RESULTS.md)
-                pq.write_table(table, path, compression="zstd", use_dictionary=False)
-            finally:
-                self._slots.release()
-
-        self._futures.append(self._pool.submit(job))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for fut in self._futures:
-            fut.result()  # re-raise the first write error
 
 
 def _part(staged: Catalog, view: str, day: int) -> Path:
@@ -425,7 +400,7 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
                    for v in spec.views if v.rows == "active_days"}
         pair_tiles = [side.submit(_stage_pair_intermediates, con.cursor(), v, staged, hi_n, n_cat)
                       for v in spec.views if v.rows == "active_days"]
-        writer = _DayWriter(workers)
+        writer = ParquetWriters(workers, write_stats_parquet)
         swept = [v for v in spec.views if v.rows == "change_points"]
         progress = Progress(len(swept) * (hi_n - lo_n + 1), "stats", unit="days", bar=bar)
         try:
@@ -463,7 +438,7 @@ def compute_stats(cfg: PipelineConfig, *, end: date | None = None, spec: Feature
                        late_from=days[0])  # a full recompute may change any day
 
 
-def _stage_intermediates(writer: _DayWriter, view: ViewSpec, ents: _Entities, act: _Activity, names: list[str],
+def _stage_intermediates(writer: ParquetWriters, view: ViewSpec, ents: _Entities, act: _Activity, names: list[str],
                          lifetime: np.ndarray, as_of: int, categories: int, staged: Catalog) -> None:
     """A full run's tiles of a change-point view (one partition per active day, from the activity it swept) and
     its lifetime state as of `as_of`."""
@@ -497,10 +472,8 @@ def _stage_pair_intermediates(con: duckdb.DuckDBPyConnection, view: ViewSpec, st
         if a == b:
             continue
         token = tiles.new_token()
-        path = tiles.tile_file(staged.tiles(view.name), int(day[a]), token)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(t.slice(a, b - a).cast(pa.schema([pa.field(n, pa.int64()) for n in t.column_names])), path,
-                       compression="zstd", use_dictionary=False)
+        write_stats_parquet(t.slice(a, b - a).cast(pa.schema([pa.field(n, pa.int64()) for n in t.column_names])),
+                            tiles.tile_file(staged.tiles(view.name), int(day[a]), token))
         tokens[int(day[a])] = token
     base = tiles.new_base_name()
     _write_pair_base(con, view, f"SELECT {keys}, {', '.join(sums[:plain])} FROM ev GROUP BY {keys}",
@@ -543,9 +516,8 @@ def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path
         if pending:
             day = pending[0].column("d")[0].as_py()
             table = pa.Table.from_batches(pending).drop_columns(["d"]).combine_chunks().cast(schema)
-            path = out / Catalog.partition((EPOCH + timedelta(days=day)).isoformat()) / "part-0.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, path, compression="zstd", use_dictionary=False)
+            write_stats_parquet(table, out / Catalog.partition((EPOCH + timedelta(days=day)).isoformat())
+                                / "part-0.parquet")
             pending.clear()
 
     for batch in reader:
@@ -560,8 +532,6 @@ def _write_active_days(con: duckdb.DuckDBPyConnection, view: ViewSpec, out: Path
 
 def _check_written(out: Path, schema: pa.Schema) -> int:
     """Every written file has exactly the contract's schema; return the row count."""
-    import pyarrow.parquet as pq
-
     total = 0
     for part in out.rglob("*.parquet"):
         actual = pq.read_schema(part).remove_metadata()

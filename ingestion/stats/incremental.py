@@ -39,6 +39,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import offline_schema
 from feedstore.core.errors import InputDataError
+from feedstore.core.io import ParquetWriters, write_stats_parquet
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SPEC, FeatureSpec, ViewSpec
 from feedstore.ingestion.stats import tiles
@@ -46,7 +47,6 @@ from feedstore.ingestion.stats.compute import (
     EPOCH,
     StagedStats,
     _Activity,
-    _DayWriter,
     _load_entities,
     _load_events,
     _part,
@@ -187,7 +187,7 @@ def update_stats(cfg: PipelineConfig, start: date, end: date | None = None,
         tile_days: dict[str, list[str] | None] = {}
         try:
             stage.mkdir()
-            writer = _DayWriter(workers)
+            writer = ParquetWriters(workers, write_stats_parquet)
             try:
                 for vt in views.values():
                     view = vt.view
@@ -261,7 +261,7 @@ def _positions(ids: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
 
 
 def _change_points(cfg: PipelineConfig, con: duckdb.DuckDBPyConnection, vt: _ViewTiles, start_w: int, end_w: int,
-                   a: int, b: int, s: int, staged: Catalog, writer: _DayWriter, tables: dict[str, Path],
+                   a: int, b: int, s: int, staged: Catalog, writer: ParquetWriters, tables: dict[str, Path],
                    origin_day: int, categories: int) -> tiles.State | None:
     """Rows of days start_w..end_w of a change-point view from tiles; the new state if the run reaches s."""
     view, key = vt.view, vt.view.keys[0]

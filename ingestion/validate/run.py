@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
 from feedstore.core.errors import InputDataError, ValidationFailed
 from feedstore.core.gx import GXRunner, summary_table
-from feedstore.core.io import VersionStage, link_tree, write_parquet
+from feedstore.core.io import ParquetWriters, VersionStage, link_tree, write_parquet
 from feedstore.core.progress import Progress
 from feedstore.ingestion.validate import expectations as ex
 from feedstore.ingestion.validate.quarantine import TableResult, _quarantine_table, quarantine_mask
@@ -152,20 +154,25 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
     res = TableResult("interactions", gx_suite.name)
     per_day: dict[str, tuple[int, int, int]] = {}
     columns = INTERACTIONS_SCHEMA.names
-    with Progress(sum(p.rows for p in parts), "validate interactions", unit="rows", logger=log) as progress:
+    workers = os.cpu_count() or 1
+    with (Progress(sum(p.rows for p in parts), "validate interactions", unit="rows", logger=log) as progress,
+          ThreadPoolExecutor(workers, thread_name_prefix="validate-reader") as readers,
+          ParquetWriters(workers) as writers):
         for chunk in _chunks(parts, v.chunk_rows):
-            tables, spans, occ_id, occ_imp = [], [], [], []  # spans: (day, file, first row in chunk, rows)
+            files = [(p.day, f) for p in chunk for f in p.files]
+            # Parquet decoding releases the GIL: the chunk's files are read side by side (in order; the first
+            # unreadable file in that order is the one reported)
+            tables = list(readers.map(lambda item: read_contract_table(item[1], INTERACTIONS_SCHEMA, allow_empty=True),
+                                      files))
+            spans, occ_id, occ_imp = [], [], []  # spans: (day, file, first row in chunk, rows)
             offset = 0
-            for p in chunk:
-                for f in p.files:
-                    t = read_contract_table(f, INTERACTIONS_SCHEMA, allow_empty=True)
-                    tables.append(t)
-                    spans.append((p.day, f, offset, t.num_rows))
-                    for occ, rep in ((occ_id, rep_ids), (occ_imp, rep_imps)):
-                        o = np.ones(t.num_rows, dtype=np.int64)
-                        o[rep.get(str(f), np.empty(0, np.int64))] = 2
-                        occ.append(o)
-                    offset += t.num_rows
+            for (day, f), t in zip(files, tables, strict=True):
+                spans.append((day, f, offset, t.num_rows))
+                for occ, rep in ((occ_id, rep_ids), (occ_imp, rep_imps)):
+                    o = np.ones(t.num_rows, dtype=np.int64)
+                    o[rep.get(str(f), np.empty(0, np.int64))] = 2
+                    occ.append(o)
+                offset += t.num_rows
             table = pa.concat_tables(tables).combine_chunks()
             n = table.num_rows
             df = _validation_view(table, users, items, np.concatenate(occ_id), np.concatenate(occ_imp))
@@ -180,10 +187,10 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
             res.add(outcomes, n)
             # each row's source file and row number within it (the chunk concatenates the partitions' files)
             names = np.array([str(s[1]) for s in spans], dtype=object)
-            files = np.repeat(names, [s[3] for s in spans])
+            files_of_rows = np.repeat(names, [s[3] for s in spans])
             row_no = np.arange(n) - np.repeat([s[2] for s in spans], [s[3] for s in spans])
             bad_idx = np.flatnonzero(bad)
-            quarantined = _quarantine_table(table, bad, reasons, files, row_no)
+            quarantined = _quarantine_table(table, bad, reasons, files_of_rows, row_no)
             q_day = np.repeat([s[0] for s in spans], [s[3] for s in spans])[bad_idx] if len(bad_idx) else []
             clicks = df["click"].to_numpy(dtype=np.float64, na_value=np.nan)
             likes = df["like"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -193,11 +200,11 @@ def _validate_interactions(runner: GXRunner, cfg: PipelineConfig, parts: list[Pa
                 day_rows.setdefault(day, [first, first])[1] = first + rows
             for day, (lo, hi) in day_rows.items():
                 keep = ~bad[lo:hi]
-                write_parquet(table.slice(lo, hi - lo).filter(pa.array(keep)),
+                writers.write("validated", table.slice(lo, hi - lo).filter(pa.array(keep)),
                               stage.validated_interactions / Catalog.partition(day) / "part-0.parquet")
                 in_q = np.asarray(q_day) == day if len(bad_idx) else None
                 if in_q is not None and in_q.any():
-                    write_parquet(quarantined.filter(pa.array(in_q)),
+                    writers.write("quarantined", quarantined.filter(pa.array(in_q)),
                                   stage.quarantined_interactions / Catalog.partition(day) / "part-0.parquet")
                 per_day[day] = (int(keep.sum()), int(np.nansum(clicks[lo:hi][keep])),
                                 int(np.nansum(likes[lo:hi][keep])))

@@ -141,3 +141,29 @@ def test_clean_if_idle_removes_a_never_published_killed_run(tmp_path):
     killed._release()
     pub.clean_if_idle()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_publication_retires_the_version_before_the_previous_one_when_a_run_begins(tmp_path):
+    from feedstore.core.io import Publication
+
+    pub = Publication(tmp_path, "validate", ("validated",))
+    _publish(pub, {"validated/a.parquet": "1"})
+    _publish(pub, {"validated/a.parquet": "2"})
+    first, second = sorted(p.name for p in pub.versions.iterdir() if p.name not in (".lock", "current"))
+    version = pub.begin()  # the third run: the first version goes, the published second one stays readable
+    assert not (pub.versions / first).exists()
+    assert _read(tmp_path / "validated") == {"a.parquet": "2"}
+    (version.path / "validated").mkdir()
+    (version.path / "validated" / "a.parquet").write_text("3")
+    version.publish()
+    assert _read(tmp_path / "validated") == {"a.parquet": "3"}
+    left = sorted(p.name for p in pub.versions.iterdir() if p.name not in (".lock", "current"))
+    assert left == sorted([second, version.vid])  # nothing retired is left behind, the previous one is kept
+    killed = pub.begin()  # a run that dies after retiring: the next run removes what it renamed
+    killed._removing.join()
+    killed._release()
+    left = sorted(p.name for p in pub.versions.iterdir() if p.name not in (".lock", "current"))
+    assert left == sorted([version.vid, killed.path.name])
+    _publish(pub, {"validated/a.parquet": "4"})
+    assert _read(tmp_path / "validated") == {"a.parquet": "4"}
+    assert not [p for p in pub.versions.iterdir() if p.name.endswith((".trash", ".staging"))]
