@@ -69,17 +69,19 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         read_contract_table(path, schema)  # unreadable entity tables fail here, in one line, before anything starts
     log.info("validating users, items and %s interactions in %d date partitions (%s..%s) with Great Expectations",
              f"{total_rows:,}", len(parts), parts[0].day, parts[-1].day)
-    # GX is imported while DuckDB finds the repeated keys across files (GIL-free work that needs no GX)
-    repeats = _non_first_rows([f for p in parts for f in p.files])
     version = Catalog(data_dir).publication("validate").begin()
     stage = Catalog.staged(version.path)
     try:
-        runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows, history=v.docs_history)
-        users_res, users = _validate_entity(runner, cfg, "users", Catalog(data_dir).raw_users, USERS_SCHEMA, "user_id",
-                                            ex.users_suite(cfg), stage)
-        items_res, items = _validate_entity(runner, cfg, "items", Catalog(data_dir).raw_items, ITEMS_SCHEMA, "item_id",
-                                            ex.items_suite(cfg), stage)
-        inter = _validate_interactions(runner, cfg, parts, users, items, as_of, stage, repeats)
+        # DuckDB finds the repeated keys across files on a side thread (it releases the GIL and imports nothing)
+        # while this thread imports GX and validates users and items
+        with ThreadPoolExecutor(1, thread_name_prefix="validate-keys") as side:
+            repeats = side.submit(_non_first_rows, [f for p in parts for f in p.files])
+            runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows, history=v.docs_history)
+            users_res, users = _validate_entity(runner, cfg, "users", Catalog(data_dir).raw_users, USERS_SCHEMA,
+                                                "user_id", ex.users_suite(cfg), stage)
+            items_res, items = _validate_entity(runner, cfg, "items", Catalog(data_dir).raw_items, ITEMS_SCHEMA,
+                                                "item_id", ex.items_suite(cfg), stage)
+            inter = _validate_interactions(runner, cfg, parts, users, items, as_of, stage, repeats.result())
         tables = {"users": users_res, "items": items_res, "interactions": inter}
     except BaseException:
         version.discard()
