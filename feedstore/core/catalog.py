@@ -69,8 +69,9 @@ class Catalog:
         return Catalog((self.root / output).resolve().parent)
 
     def publication(self, stage: str) -> Publication:
-        """How a stage's outputs are published together (versions, one atomic switch)."""
-        return Publication(self.root, stage, STAGE_OUTPUTS[stage])
+        """How a stage's outputs are published together (versions, one atomic switch); stats also swaps its tile
+        partitions in place."""
+        return Publication(self.root, stage, STAGE_OUTPUTS[stage], swaps=(self.tile_store,) if stage == "stats" else ())
 
     def training_publication(self, version: str) -> Publication:
         return Publication(self.training, check_version(version), (version,), hook="training-set")

@@ -100,24 +100,24 @@ def write_json(obj: Any, target: Path) -> None:
 _ASIDE = ".old-"  # replace_dir renames the old `<name>` to `.<name>.old-<random>` before deleting it
 
 
-def replace_dir(src: Path | None, target: Path) -> None:
+def replace_dir(src: Path | None, target: Path, *, keep_old: bool = False) -> None:
     """Make `target` the directory `src` (or remove it if `src` is None): the old one is renamed aside first and
-    deleted last, so `target` is never half-written (src must be on the same filesystem)."""
+    deleted last, so `target` is never half-written (src must be on the same filesystem). `keep_old`: leave the
+    renamed-aside old folder (hidden) for a later `replace_leftovers` clean-up instead of deleting it now."""
     old = target.with_name(f".{target.name}{_ASIDE}{uuid.uuid4().hex[:8]}")
     if target.exists():
         os.replace(target, old)
     if src is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, target)
-    shutil.rmtree(old, ignore_errors=True)
+    if not keep_old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_replace_leftovers(root: Path) -> None:
-    """Remove the renamed-aside old folders that a process killed inside `replace_dir` left among `root`'s children
-    and grandchildren (call it while holding the lock of whatever swaps folders there)."""
-    if root.is_dir():
-        for old in [*root.glob(f".*{_ASIDE}*"), *root.glob(f"*/.*{_ASIDE}*")]:
-            shutil.rmtree(old, ignore_errors=True)
+def replace_leftovers(root: Path) -> list[Path]:
+    """The renamed-aside old folders `replace_dir` left among `root`'s children and grandchildren (kept on purpose,
+    or by a process killed inside it); remove them only while holding the lock of whatever swaps folders there."""
+    return [*root.glob(f".*{_ASIDE}*"), *root.glob(f"*/.*{_ASIDE}*")] if root.is_dir() else []
 
 
 # ---------------------------------------------------------------------------------------- publishing
@@ -171,6 +171,9 @@ class Publication:
     stage: str
     outputs: tuple[str, ...]
     hook: str | None = None  # the FEEDSTORE_CRASH_AT name of its publish step (default: `stage`)
+    # folders where the stage also swaps directories in place (`replace_dir(..., keep_old=True)`): the next run
+    # removes the old folders set aside there on its background thread, with the retired versions
+    swaps: tuple[Path, ...] = ()
 
     @property
     def versions(self) -> Path:
@@ -190,7 +193,7 @@ class Publication:
         try:
             self._clean(keep_previous=True)
             self._link_outputs()
-            retired = self._retire_old_versions()
+            retired = [*self._retire_old_versions(), *(old for root in self.swaps for old in replace_leftovers(root))]
             vid = f"{time.time_ns():x}-{os.getpid()}"
             path = self.versions / f"{vid}.staging"
             path.mkdir()

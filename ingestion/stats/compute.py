@@ -50,7 +50,6 @@ from feedstore.core.io import (
     ParquetWriters,
     VersionStage,
     link_tree,
-    remove_replace_leftovers,
     replace_dir,
     write_stats_parquet,
 )
@@ -171,8 +170,6 @@ def _stamp(day: int, rows: int) -> pa.Array:
     return pa.array(np.full(rows, (day + 1) * DAY_US, np.int64), TIMESTAMP)
 
 
-
-
 # ------------------------------------------------------------------------------------------ compute
 
 
@@ -255,15 +252,15 @@ class StagedStats:
             link_tree(current, self.root, skip=lambda rel: len(rel.parts) >= 2 and rel.parts[1] in recomputed)
         self.version.publish()  # readers see the whole old offline/ or the whole new one
         cat = Catalog(self.data_dir)
-        remove_replace_leftovers(cat.tile_store)  # of a run killed while swapping tiles (we hold the lock)
+        # the old tile partitions are set aside, hidden; the next stats run removes them on a background thread
         for view, days in self.tile_days.items():
             staged_tiles = self.staged.tiles(view)
             if days is None:
-                replace_dir(staged_tiles if staged_tiles.exists() else None, cat.tiles(view))
+                replace_dir(staged_tiles if staged_tiles.exists() else None, cat.tiles(view), keep_old=True)
                 continue
             for day in days:
                 part = staged_tiles / Catalog.partition(day)
-                replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day))
+                replace_dir(part if part.exists() else None, cat.tiles(view) / Catalog.partition(day), keep_old=True)
         for view in self.views:
             staged_bases = self.staged.tile_bases(view)
             for base in sorted(staged_bases.glob("base-*.parquet")) if staged_bases.is_dir() else []:

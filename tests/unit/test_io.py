@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from feedstore.core.io import atomic_path, remove_replace_leftovers, replace_dir, write_parquet
+from feedstore.core.io import atomic_path, replace_dir, replace_leftovers, write_parquet
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -37,16 +37,34 @@ def test_replace_dir_swaps_whole_directory_and_removes(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_leftovers_of_a_killed_replace_dir_are_removed(tmp_path):
+def test_leftovers_of_a_killed_replace_dir_are_found(tmp_path):
     """What replace_dir leaves when killed between its renames (the old folder, renamed aside), one and two levels
-    down, goes; everything else stays."""
+    down, is found; nothing else is."""
     old = tmp_path / "tiles" / "view" / ".date=2024-01-01.old-1a2b3c4d"
     old.mkdir(parents=True)
     (tmp_path / "tiles" / ".view.old-5e6f7a8b").mkdir()
     (tmp_path / "tiles" / "view" / "date=2024-01-01").mkdir()
-    remove_replace_leftovers(tmp_path / "tiles")
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
-        "tiles", "tiles/view", "tiles/view/date=2024-01-01"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in replace_leftovers(tmp_path / "tiles")) == [
+        "tiles/.view.old-5e6f7a8b", "tiles/view/.date=2024-01-01.old-1a2b3c4d"]
+
+
+def test_old_folders_kept_by_replace_dir_go_when_the_next_run_of_the_stage_begins(tmp_path):
+    from feedstore.core.io import Publication
+
+    tiles = tmp_path / "tiles" / "view" / "date=2024-01-01"
+    tiles.mkdir(parents=True)
+    (tiles / "part-0.parquet").write_text("old")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "part-0.parquet").write_text("new")
+    replace_dir(staged, tiles, keep_old=True)
+    assert (tiles / "part-0.parquet").read_text() == "new"
+    kept = replace_leftovers(tmp_path / "tiles")
+    assert len(kept) == 1 and (kept[0] / "part-0.parquet").read_text() == "old"
+    version = Publication(tmp_path, "stats", ("offline",), swaps=(tmp_path / "tiles",)).begin()
+    version._removing.join()
+    assert replace_leftovers(tmp_path / "tiles") == [] and (tiles / "part-0.parquet").read_text() == "new"
+    version.discard()
 
 
 # ------------------------------------------------------------------------------------------ Publication
