@@ -26,10 +26,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
+
+if TYPE_CHECKING:
+    from feedstore.training_data.report import PendingPage
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +118,36 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     time, and each batch feeds the split files, the gate and the report before the next one is read. Memory
     follows the batch size, plus ~90 bytes per entity row (DuckDB keeps the rows to number them; the split cuts
     need their timestamps) and the report's fixed-size samples.
+
+    With plots, a spawned process renders the report's pages (started first, so its matplotlib import runs while
+    this process imports Feast and joins); `publish()` waits for them.
     """
+    pool = _report_worker() if report_plots else None
+    try:
+        return _build(cfg, online_store=online_store, version=version, start=start, end=end,
+                      report_plots=report_plots, observers=observers, pool=pool)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+
+
+def _report_worker() -> ProcessPoolExecutor | None:
+    """One spawned process for the report's plot pages, its imports under way; None (render them here) where this
+    process may not have children (a daemon)."""
+    import multiprocessing as mp
+
+    from feedstore.training_data.report import import_matplotlib
+
+    if mp.current_process().daemon:
+        return None
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    pool.submit(import_matplotlib)
+    return pool
+
+
+def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None, start, end, report_plots: bool,
+           observers: Sequence[BatchObserver], pool: ProcessPoolExecutor | None) -> StagedTrainingSet:
     from feast.errors import FeastError
 
     from feedstore.core.feast_repo import feature_store
@@ -204,10 +237,10 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 writers.pop(name).close()
             else:
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
-        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)
-        report = feature_report(summary, stage / "report", plots=report_plots,
-                                splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
-                                published_as=out / "report")
+        report, rendering = feature_report(summary, stage / "report", plots=report_plots,
+                                           splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
+                                           published_as=out / "report", pool=pool)
+        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)  # while the pool draws
         manifest = {
             "version": version,
             "fingerprint": fp,
@@ -240,7 +273,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
             progress.close()  # its heartbeat stops on a failed build too
     log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
              time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
-    return StagedTrainingSet(stage, out, version, manifest, pending)
+    return StagedTrainingSet(stage, out, version, manifest, pending, pool, rendering)
 
 
 class BatchObserver(Protocol):
@@ -259,10 +292,16 @@ class StagedTrainingSet:
     version: str
     manifest: dict[str, Any]
     pending: VersionStage
+    pool: Executor | None = None  # renders the report's plot pages
+    rendering: list[PendingPage] = field(default_factory=list)
     published: bool = False
 
     def publish(self) -> TrainingSetResult:
-        """Switch `training/<version>/` to the staged set (one atomic step)."""
+        """Finish the report's plot pages (the pool renders from the first, this process takes the ones it has not
+        begun from the last), then switch `training/<version>/` to the staged set (one atomic step)."""
+        for page in reversed(self.rendering):
+            page.finish()
+        self._stop_pool(cancel=False)
         self.pending.publish()
         self.published = True
         log.info("training set %s -> %s; report %s", self.version, self.out, self.out / "report" / "index.html")
@@ -272,7 +311,13 @@ class StagedTrainingSet:
         return TrainingSetResult(self.out, self.version, self.manifest["rows"], self.manifest)
 
     def discard(self) -> None:
+        self._stop_pool(cancel=True)  # no page is written into the folder once it is removed
         self.pending.discard()
+
+    def _stop_pool(self, cancel: bool) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+            self.pool = None
 
     def __enter__(self) -> StagedTrainingSet:
         return self
