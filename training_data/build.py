@@ -16,8 +16,8 @@ observers (the GX gate, `gate.py`); the runner finishes the gate and only then p
 (`StagedTrainingSet.publish`), so a set that fails its gate is never visible.
 
 The build streams (`splits.batch_rows` rows at a time): the entity rows stay a DuckDB query that the offline
-store runs, and each batch of joined rows feeds the split files, the gate and the report before the next is
-read, so 10M rows need no more memory than 1M.
+store runs, and each batch of joined rows feeds the split files, the gate and the report while the next one is
+joined (one batch ahead), so 10M rows need no more memory than 1M.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -115,8 +115,8 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     gate). The caller finishes its gate, then `publish()`es (or the staging folder is removed on exit).
 
     Streams: the entity rows stay a DuckDB query, get_historical_features is read `splits.batch_rows` rows at a
-    time, and each batch feeds the split files, the gate and the report before the next one is read. Memory
-    follows the batch size, plus ~90 bytes per entity row (DuckDB keeps the rows to number them; the split cuts
+    time, and each batch feeds the split files, the gate and the report while the next one is joined (on a
+    thread: `_ReadAhead`). Memory follows the batch size (two batches), plus ~90 bytes per entity row (DuckDB keeps the rows to number them; the split cuts
     need their timestamps) and the report's fixed-size samples.
 
     With plots, a spawned process renders the report's pages (started first, so its matplotlib import runs while
@@ -191,7 +191,7 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
     stage = pending.path / version
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
-    progress = None
+    progress = reader = None
     try:
         import pyarrow.parquet as pq
 
@@ -199,11 +199,11 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
         dtypes: dict[str, str] = {}
         numeric: list[str] = []
         totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in TRAINING_SPLITS}
-        batches = job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True)
+        reader = _ReadAhead(job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True))
         progress = Progress(len(us), "training set", unit="rows", logger=log)
         while True:
             t1 = time.perf_counter()
-            table = next(batches, None)
+            table = reader.next()  # the time this waits for the join is what the manifest reports
             retrieval_s += time.perf_counter() - t1
             if table is None:
                 progress.close()
@@ -267,6 +267,8 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
         pending.discard()
         raise
     finally:
+        if reader is not None:
+            reader.close()
         for w in writers.values():
             w.close()
         if progress is not None:
@@ -274,6 +276,27 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
     log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
              time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
     return StagedTrainingSet(stage, out, version, manifest, pending, pool, rendering)
+
+
+class _ReadAhead:
+    """The batches of `iter_batches`, each next one joined on a thread while the caller works on the one before
+    (DuckDB runs with the GIL released), so the join and the split files, gate and report overlap. One batch
+    ahead at most; the generator only ever runs on that thread; `close()` stops it after the batch in flight."""
+
+    def __init__(self, batches: Iterator[pa.Table]):
+        self._batches = batches
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="training-set-join")
+        self._ahead = self._thread.submit(next, batches, None)
+
+    def next(self) -> pa.Table | None:
+        table = self._ahead.result()
+        if table is not None:
+            self._ahead = self._thread.submit(next, self._batches, None)
+        return table
+
+    def close(self) -> None:
+        self._thread.submit(self._batches.close)  # closes the DuckDB session
+        self._thread.shutdown(wait=True)
 
 
 class BatchObserver(Protocol):
