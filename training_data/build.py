@@ -116,11 +116,11 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
 
     Streams: the entity rows stay a DuckDB query, get_historical_features is read `splits.batch_rows` rows at a
     time, and each batch feeds the split files, the gate and the report while the next one is joined (on a
-    thread: `_ReadAhead`). Memory follows the batch size (two batches), plus ~90 bytes per entity row (DuckDB keeps the rows to number them; the split cuts
-    need their timestamps) and the report's fixed-size samples.
+    thread: `_ReadAhead`). Memory follows the batch size (two batches), plus ~90 bytes per entity row (DuckDB
+    keeps the rows to number them; the split cuts need their timestamps) and the report's fixed-size samples.
 
-    With plots, a spawned process renders the report's pages (started first, so its matplotlib import runs while
-    this process imports Feast and joins); `publish()` waits for them.
+    With plots, a spawned process (started first, so its imports run while this process imports Feast and joins)
+    fits the preprocessor and renders the report's pages; `publish()` finishes the pages.
     """
     pool = _report_worker() if report_plots else None
     try:
@@ -133,17 +133,26 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
 
 
 def _report_worker() -> ProcessPoolExecutor | None:
-    """One spawned process for the report's plot pages, its imports under way; None (render them here) where this
-    process may not have children (a daemon)."""
+    """One spawned process for the preprocessor fit and the report's plot pages, its imports under way; None (do
+    them here) where this process may not have children (a daemon)."""
     import multiprocessing as mp
-
-    from feedstore.training_data.report import import_matplotlib
 
     if mp.current_process().daemon:
         return None
     pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
-    pool.submit(import_matplotlib)
+    pool.submit(_import_worker_modules)
     return pool
+
+
+def _import_worker_modules() -> None:
+    """What the report worker's jobs import (plots, the preprocessor fit), while the build joins."""
+    from feedstore.training_data.report import import_matplotlib
+
+    import_matplotlib()
+    import joblib  # noqa: F401
+    import sklearn.impute  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
 
 
 def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None, start, end, report_plots: bool,
@@ -237,10 +246,17 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
                 writers.pop(name).close()
             else:
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
+        # the pool gets Arrow, not a DataFrame: unpickled numpy arrays carry their own dtype objects, and
+        # joblib.dump would pickle the fitted preprocessor differently (the same values, other bytes)
+        train = summary.sample_table("train")
+        fitting = (pool.submit(_fit_preprocessor, train, numeric, stage)
+                   if pool is not None and train is not None else None)
+        del train  # the pool has its copy
         report, rendering = feature_report(summary, stage / "report", plots=report_plots,
                                            splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
                                            published_as=out / "report", pool=pool)
-        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)  # while the pool draws
+        preprocessor_sha256 = (fitting.result() if fitting is not None
+                               else _fit_preprocessor(summary.sample("train"), numeric, stage))
         manifest = {
             "version": version,
             "fingerprint": fp,
@@ -373,14 +389,17 @@ def _split_summary(acc: dict[str, Any]) -> dict[str, Any]:
             "ctr": acc["click"] / n, "like_rate": acc["like"] / n}
 
 
-def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> str:
+def _fit_preprocessor(train: pd.DataFrame | pa.Table, numeric: list[str], out: Path) -> str:
     """Median imputer + standard scaler fitted on train only (the report's fixed sample of ~200K train rows, all
-    of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test)."""
+    of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test); returns
+    the file's sha256. Runs in the report worker when there is one (the same bytes)."""
     import joblib
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if isinstance(train, pa.Table):
+        train = train.to_pandas()
     pipe = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
                      ("scale", StandardScaler())])
     pipe.fit(train[numeric].astype(np.float64))

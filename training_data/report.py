@@ -114,9 +114,13 @@ class FeatureSummary:
         keep = self._rng.random(part.num_rows) < self._rate[split]
         self._sample[split].append(part.select(self.features).filter(pa.array(keep)))
 
-    def sample(self, split: str) -> pd.DataFrame:
+    def sample_table(self, split: str) -> pa.Table | None:
         parts = self._sample[split]
-        return pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=self.features)
+        return pa.concat_tables(parts) if parts else None
+
+    def sample(self, split: str) -> pd.DataFrame:
+        table = self.sample_table(split)
+        return table.to_pandas() if table is not None else pd.DataFrame(columns=self.features)
 
     def stats(self, split: str, j: int) -> dict[str, float | None]:
         missing, count, mean, m2 = self._acc[split][:, j]
