@@ -16,8 +16,8 @@ observers (the GX gate, `gate.py`); the runner finishes the gate and only then p
 (`StagedTrainingSet.publish`), so a set that fails its gate is never visible.
 
 The build streams (`splits.batch_rows` rows at a time): the entity rows stay a DuckDB query that the offline
-store runs, and each batch of joined rows feeds the split files, the gate and the report before the next is
-read, so 10M rows need no more memory than 1M.
+store runs, and each batch of joined rows feeds the split files, the gate and the report while the next one is
+joined (one batch ahead), so 10M rows need no more memory than 1M.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
+
+if TYPE_CHECKING:
+    from feedstore.training_data.report import PendingPage
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +115,48 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     gate). The caller finishes its gate, then `publish()`es (or the staging folder is removed on exit).
 
     Streams: the entity rows stay a DuckDB query, get_historical_features is read `splits.batch_rows` rows at a
-    time, and each batch feeds the split files, the gate and the report before the next one is read. Memory
-    follows the batch size, plus ~90 bytes per entity row (DuckDB keeps the rows to number them; the split cuts
-    need their timestamps) and the report's fixed-size samples.
+    time, and each batch feeds the split files, the gate and the report while the next one is joined (on a
+    thread: `_ReadAhead`). Memory follows the batch size (two batches), plus ~90 bytes per entity row (DuckDB
+    keeps the rows to number them; the split cuts need their timestamps) and the report's fixed-size samples.
+
+    With plots, a spawned process (started first, so its imports run while this process imports Feast and joins)
+    fits the preprocessor and renders the report's pages; `publish()` finishes the pages.
     """
+    pool = _report_worker() if report_plots else None
+    try:
+        return _build(cfg, online_store=online_store, version=version, start=start, end=end,
+                      report_plots=report_plots, observers=observers, pool=pool)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+
+
+def _report_worker() -> ProcessPoolExecutor | None:
+    """One spawned process for the preprocessor fit and the report's plot pages, its imports under way; None (do
+    them here) where this process may not have children (a daemon)."""
+    import multiprocessing as mp
+
+    if mp.current_process().daemon:
+        return None
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    pool.submit(_import_worker_modules)
+    return pool
+
+
+def _import_worker_modules() -> None:
+    """What the report worker's jobs import (plots, the preprocessor fit), while the build joins."""
+    from feedstore.training_data.report import import_matplotlib
+
+    import_matplotlib()
+    import joblib  # noqa: F401
+    import sklearn.impute  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
+
+
+def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None, start, end, report_plots: bool,
+           observers: Sequence[BatchObserver], pool: ProcessPoolExecutor | None) -> StagedTrainingSet:
     from feast.errors import FeastError
 
     from feedstore.core.feast_repo import feature_store
@@ -158,7 +200,7 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
     stage = pending.path / version
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
-    progress = None
+    progress = reader = None
     try:
         import pyarrow.parquet as pq
 
@@ -166,11 +208,11 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
         dtypes: dict[str, str] = {}
         numeric: list[str] = []
         totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in TRAINING_SPLITS}
-        batches = job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True)
+        reader = _ReadAhead(job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True))
         progress = Progress(len(us), "training set", unit="rows", logger=log)
         while True:
             t1 = time.perf_counter()
-            table = next(batches, None)
+            table = reader.next()  # the time this waits for the join is what the manifest reports
             retrieval_s += time.perf_counter() - t1
             if table is None:
                 progress.close()
@@ -204,10 +246,17 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
                 writers.pop(name).close()
             else:
                 pq.write_table(public.schema.empty_table(), stage / f"{name}.parquet", **PARQUET_OPTIONS)
-        preprocessor_sha256 = _fit_preprocessor(summary.sample("train"), numeric, stage)
-        report = feature_report(summary, stage / "report", plots=report_plots,
-                                splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
-                                published_as=out / "report")
+        # the pool gets Arrow, not a DataFrame: unpickled numpy arrays carry their own dtype objects, and
+        # joblib.dump would pickle the fitted preprocessor differently (the same values, other bytes)
+        train = summary.sample_table("train")
+        fitting = (pool.submit(_fit_preprocessor, train, numeric, stage)
+                   if pool is not None and train is not None else None)
+        del train  # the pool has its copy
+        report, rendering = feature_report(summary, stage / "report", plots=report_plots,
+                                           splits={n: _split_summary(totals[n]) for n in TRAINING_SPLITS},
+                                           published_as=out / "report", pool=pool)
+        preprocessor_sha256 = (fitting.result() if fitting is not None
+                               else _fit_preprocessor(summary.sample("train"), numeric, stage))
         manifest = {
             "version": version,
             "fingerprint": fp,
@@ -234,13 +283,36 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
         pending.discard()
         raise
     finally:
+        if reader is not None:
+            reader.close()
         for w in writers.values():
             w.close()
         if progress is not None:
             progress.close()  # its heartbeat stops on a failed build too
     log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
              time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
-    return StagedTrainingSet(stage, out, version, manifest, pending)
+    return StagedTrainingSet(stage, out, version, manifest, pending, pool, rendering)
+
+
+class _ReadAhead:
+    """The batches of `iter_batches`, each next one joined on a thread while the caller works on the one before
+    (DuckDB runs with the GIL released), so the join and the split files, gate and report overlap. One batch
+    ahead at most; the generator only ever runs on that thread; `close()` stops it after the batch in flight."""
+
+    def __init__(self, batches: Iterator[pa.Table]):
+        self._batches = batches
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="training-set-join")
+        self._ahead = self._thread.submit(next, batches, None)
+
+    def next(self) -> pa.Table | None:
+        table = self._ahead.result()
+        if table is not None:
+            self._ahead = self._thread.submit(next, self._batches, None)
+        return table
+
+    def close(self) -> None:
+        self._thread.submit(self._batches.close)  # closes the DuckDB session
+        self._thread.shutdown(wait=True)
 
 
 class BatchObserver(Protocol):
@@ -259,10 +331,16 @@ class StagedTrainingSet:
     version: str
     manifest: dict[str, Any]
     pending: VersionStage
+    pool: Executor | None = None  # renders the report's plot pages
+    rendering: list[PendingPage] = field(default_factory=list)
     published: bool = False
 
     def publish(self) -> TrainingSetResult:
-        """Switch `training/<version>/` to the staged set (one atomic step)."""
+        """Finish the report's plot pages (the pool renders from the first, this process takes the ones it has not
+        begun from the last), then switch `training/<version>/` to the staged set (one atomic step)."""
+        for page in reversed(self.rendering):
+            page.finish()
+        self._stop_pool(cancel=False)
         self.pending.publish()
         self.published = True
         log.info("training set %s -> %s; report %s", self.version, self.out, self.out / "report" / "index.html")
@@ -272,7 +350,13 @@ class StagedTrainingSet:
         return TrainingSetResult(self.out, self.version, self.manifest["rows"], self.manifest)
 
     def discard(self) -> None:
+        self._stop_pool(cancel=True)  # no page is written into the folder once it is removed
         self.pending.discard()
+
+    def _stop_pool(self, cancel: bool) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+            self.pool = None
 
     def __enter__(self) -> StagedTrainingSet:
         return self
@@ -305,14 +389,17 @@ def _split_summary(acc: dict[str, Any]) -> dict[str, Any]:
             "ctr": acc["click"] / n, "like_rate": acc["like"] / n}
 
 
-def _fit_preprocessor(train: pd.DataFrame, numeric: list[str], out: Path) -> str:
+def _fit_preprocessor(train: pd.DataFrame | pa.Table, numeric: list[str], out: Path) -> str:
     """Median imputer + standard scaler fitted on train only (the report's fixed sample of ~200K train rows, all
-    of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test)."""
+    of train when smaller) and saved next to the splits (`feedstore evaluate` applies it to val and test); returns
+    the file's sha256. Runs in the report worker when there is one (the same bytes)."""
     import joblib
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if isinstance(train, pa.Table):
+        train = train.to_pandas()
     pipe = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
                      ("scale", StandardScaler())])
     pipe.fit(train[numeric].astype(np.float64))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +114,13 @@ class FeatureSummary:
         keep = self._rng.random(part.num_rows) < self._rate[split]
         self._sample[split].append(part.select(self.features).filter(pa.array(keep)))
 
-    def sample(self, split: str) -> pd.DataFrame:
+    def sample_table(self, split: str) -> pa.Table | None:
         parts = self._sample[split]
-        return pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=self.features)
+        return pa.concat_tables(parts) if parts else None
+
+    def sample(self, split: str) -> pd.DataFrame:
+        table = self.sample_table(split)
+        return table.to_pandas() if table is not None else pd.DataFrame(columns=self.features)
 
     def stats(self, split: str, j: int) -> dict[str, float | None]:
         missing, count, mean, m2 = self._acc[split][:, j]
@@ -124,10 +130,13 @@ class FeatureSummary:
 
 
 def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
-                   splits: dict[str, dict[str, Any]] | None = None, published_as: Path | None = None) -> dict:
+                   splits: dict[str, dict[str, Any]] | None = None, published_as: Path | None = None,
+                   pool: Executor | None = None) -> tuple[dict, list[PendingPage]]:
     """Null rate, mean and std are exact over every row; quantiles and PSI bins use each split's sample. `splits`
     (rows, CTR, time range per split) goes into the summary at the top of the page. `published_as`: where `out`
-    will be once published (a staged build writes into a folder that is gone by then): the path the log names."""
+    will be once published (a staged build writes into a folder that is gone by then): the path the log names.
+    `pool`: render the plot pages there (see `_plots`); the report is complete once every returned page is
+    `finish()`ed."""
     out.mkdir(parents=True, exist_ok=True)
     features = summary.features
     samples = {name: summary.sample(name) for name in summary.rows}
@@ -159,13 +168,13 @@ def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
               "splits": splits or {}, "sampled_rows": {n: len(s) for n, s in samples.items()}}
     report["summary"] = _summary(report)
     write_json(report, out / "feature_report.json")
-    images = _plots(samples, features, out, drift) if plots else []
+    images, pending = _plots(samples, features, out, drift, pool) if plots else ([], [])
     _html(report, images, out / "index.html")
     worst = report["summary"]["worst_psi"]
     log.info("feature report: highest PSI %s (n/a for %d binary / mostly-one-value features; %d drift by construction "
              "under a time split) -> %s", ", ".join(f"{w['feature']} ({w['split']}) {w['psi']:.3f}" for w in worst)
              or "-", len(not_applicable), len(expected_drift), (published_as or out) / "index.html")
-    return report
+    return report, pending
 
 
 def _summary(report: dict) -> dict:
@@ -204,37 +213,76 @@ def _log_axis(values: np.ndarray) -> bool:
     return p99 >= 10 and p99 > 8 * max(p50, 1)
 
 
+def plot_pages(features: list[str]) -> list[tuple[str, list[str]]]:
+    """The report's plot pages: (PNG name, the features it shows), `PLOTS_PER_PAGE` features a page."""
+    return [(f"distributions_{page // PLOTS_PER_PAGE + 1:02d}.png", features[page: page + PLOTS_PER_PAGE])
+            for page in range(0, len(features), PLOTS_PER_PAGE)]
+
+
+@dataclass(frozen=True)
+class PendingPage:
+    """A plot page handed to a pool: `finish()` waits for it, or renders it here if the pool has not begun it."""
+
+    future: Future
+    args: tuple
+
+    def finish(self) -> None:
+        if self.future.cancel():
+            render_page(*self.args)
+        else:
+            self.future.result()  # a page that failed fails the report
+
+
 def _plots(splits: dict[str, pd.DataFrame], features: list[str], out: Path,
-           drift: dict[str, dict[str, float | None]]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+           drift: dict[str, dict[str, float | None]],
+           pool: Executor | None = None) -> tuple[list[str], list[PendingPage]]:
+    """Render the plot pages into `out`: here, or, with `pool` (e.g. a spawned process that has imported
+    matplotlib already), there, one job a page (each gets only its features' rows); the PNGs are the same bytes
+    either way. Returns the PNG names and the pages handed to the pool."""
     rng = np.random.default_rng(0)
     sample = {n: (p.iloc[rng.choice(len(p), min(len(p), 20_000), replace=False)] if len(p) else p)
               for n, p in splits.items()}
-    names = []
+    names, pending = [], []
+    for name, chunk in plot_pages(features):
+        args = ({n: s[chunk] for n, s in sample.items()}, chunk, {t: {f: d.get(f) for f in chunk}
+                                                                  for t, d in drift.items()}, out / name)
+        if pool is None:
+            render_page(*args)
+        else:
+            pending.append(PendingPage(pool.submit(render_page, *args), args))
+        names.append(name)
+    return names, pending
+
+
+def import_matplotlib() -> None:
+    """What rendering a page imports (Agg backend): a worker process calls it ahead of its first page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def render_page(sample: dict[str, pd.DataFrame], chunk: list[str], drift: dict[str, dict[str, float | None]],
+                path: Path) -> None:
+    """One PNG of `chunk`'s distributions per split (`sample`: the rows to draw, per split)."""
+    import_matplotlib()
+    import matplotlib.pyplot as plt
+
     with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "xtick.labelsize": 10, "ytick.labelsize": 10,
                          "legend.fontsize": 10}):
-        for page in range(0, len(features), PLOTS_PER_PAGE):
-            chunk = features[page: page + PLOTS_PER_PAGE]
-            rows = math.ceil(len(chunk) / PLOT_COLUMNS)  # the last page is only as tall as its plots
-            fig, axes = plt.subplots(rows, PLOT_COLUMNS, figsize=(15, 3.4 * rows), squeeze=False)
-            for ax, f in zip(axes.ravel(), [*chunk, *[None] * (rows * PLOT_COLUMNS - len(chunk))], strict=True):
-                if f is None:
-                    ax.axis("off")
-                    continue
-                values = {n: s[f].to_numpy(dtype=np.float64, na_value=np.nan) for n, s in sample.items()}
-                _plot_feature(ax, f, {n: v[~np.isnan(v)] for n, v in values.items()},
-                              {t: d.get(f) for t, d in drift.items()})
-            axes.ravel()[0].legend(loc="upper right")
-            fig.tight_layout()
-            name = f"distributions_{page // PLOTS_PER_PAGE + 1:02d}.png"
-            fig.savefig(out / name, dpi=100)
-            plt.close(fig)
-            names.append(name)
-    return names
+        rows = math.ceil(len(chunk) / PLOT_COLUMNS)  # the last page is only as tall as its plots
+        fig, axes = plt.subplots(rows, PLOT_COLUMNS, figsize=(15, 3.4 * rows), squeeze=False)
+        for ax, f in zip(axes.ravel(), [*chunk, *[None] * (rows * PLOT_COLUMNS - len(chunk))], strict=True):
+            if f is None:
+                ax.axis("off")
+                continue
+            values = {n: s[f].to_numpy(dtype=np.float64, na_value=np.nan) for n, s in sample.items()}
+            _plot_feature(ax, f, {n: v[~np.isnan(v)] for n, v in values.items()},
+                          {t: d.get(f) for t, d in drift.items()})
+        axes.ravel()[0].legend(loc="upper right")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
 
 
 def _plot_feature(ax, feature: str, values: dict[str, np.ndarray], psi_by_split: dict[str, float | None]) -> None:
