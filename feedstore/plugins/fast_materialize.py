@@ -342,38 +342,36 @@ def _latest_rows_sql(fv: FeatureView, path: str) -> str:
 # ------------------------------------------------------------------------------------------ byte building
 
 
-_GAP = np.uint16(256)  # marks the unused tail of a piece in _Rows' uint16 grid
-
-
 class _Rows:
-    """One byte string per row, built column by column from constant pieces and ragged (matrix, lengths) pieces.
+    """One byte string per row, built left to right from pieces: constants (the same bytes in every row) and ragged
+    pieces, a (rows x width) uint8 matrix whose first `length` bytes in a row are the piece's bytes.
 
-    Every piece is a (rows x width) uint8 matrix whose first `length` bytes in a row are valid; the pieces are laid
-    side by side in one matrix and the valid bytes taken in row-major order: one boolean compress, no row loop."""
+    Rows are written into one buffer a piece at a time, each piece for all rows in one numpy scatter of
+    `width`-byte items at the rows' running offsets; the bytes of an item past its length are scratch that the next
+    piece overwrites. The first piece is written last, so scratch running past a row's end lands in the next row's
+    first piece; the few rows whose scratch would reach further get that piece's exact bytes only. No row loop, no
+    pass over every byte but the scatters' own."""
 
     def __init__(self, n: int):
         self.n = n
-        self.parts: list[tuple[np.ndarray, np.ndarray | None]] = []
-        self._const = bytearray()
+        self.parts: list[tuple[np.ndarray, np.ndarray | None]] = []  # (matrix, lengths); None: all full width
 
     def const(self, data: bytes) -> None:
-        self._const += data
-
-    def _flush(self) -> None:
-        if self._const:
-            self.parts.append((np.frombuffer(bytes(self._const), dtype=np.uint8)[None, :], None))
-            self._const = bytearray()
+        if self.parts and self.parts[-1][1] is None:  # merge adjacent constants
+            data = self.parts.pop()[0][0].tobytes() + data
+        self.parts.append((np.broadcast_to(np.frombuffer(data, dtype=np.uint8), (self.n, len(data))), None))
 
     def ragged(self, mat: np.ndarray, lens: np.ndarray) -> None:
-        self._flush()
         self.parts.append((mat, lens))
 
     def bulk(self, mat: np.ndarray, lens: np.ndarray) -> None:
         """A RESP bulk string per row: $<length>\\r\\n<bytes>\\r\\n."""
-        digits, dlens = _ascii(lens)
-        self.const(b"$")
-        self.ragged(digits, dlens)
-        self.const(b"\r\n")
+        if len(lens) and lens.min() == lens.max():  # one length (all doubles, say): the prefix is a constant
+            self.const(b"$%d\r\n" % lens[0])
+        else:
+            self.const(b"$")
+            self.ragged(*_ascii(lens))
+            self.const(b"\r\n")
         self.ragged(mat, lens)
         self.const(b"\r\n")
 
@@ -381,36 +379,79 @@ class _Rows:
         """The same RESP bulk string in every row."""
         self.const(b"$%d\r\n%s\r\n" % (len(data), data))
 
-    def _grid(self, rows: np.ndarray | None) -> np.ndarray:
-        """(rows x width) uint16: the bytes, 256 where a piece is shorter than its width. Built one piece per
-        line (a long contiguous run each; a column slice of a row-major matrix would cost one tiny copy per row),
-        then transposed in cache-sized blocks."""
-        self._flush()
-        widths = [m.shape[1] for m, _ in self.parts]
-        grid = np.empty((sum(widths), self.n), dtype=np.uint16)
-        a = 0
-        for (mat, lens), w in zip(self.parts, widths, strict=True):
-            if lens is None:
-                grid[a:a + w] = mat.T
-            else:
-                np.copyto(grid[a:a + w], np.where(np.arange(w)[:, None] < lens[None, :], mat.T, _GAP))
-            a += w
-        out = np.empty((self.n, grid.shape[0]), dtype=np.uint16)
-        for j in range(0, self.n, 256):
-            out[j:j + 256] = grid[:, j:j + 256].T
-        return out if rows is None else out[rows]
-
     def tobytes(self, rows: np.ndarray | None = None) -> bytes:
         """All rows (or the selected ones) concatenated."""
-        grid = self._grid(rows)
-        return grid[grid != _GAP].astype(np.uint8).tobytes()
+        pieces, lens = self._pieces(rows)
+        if not len(lens):
+            return b""
+        ends = np.cumsum(lens)
+        buf = np.empty(int(ends[-1]) + self._widest(), dtype=np.uint8)
+        _write(buf, ends - lens, pieces)
+        return buf[:int(ends[-1])].tobytes()
 
     def packed(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rows as one left-aligned (matrix, lengths) piece."""
-        grid = self._grid(None)
-        keep = grid != _GAP
-        lens = keep.sum(axis=1)
-        return _pad(grid[keep].astype(np.uint8), lens), lens
+        """The rows as one left-aligned (matrix, lengths) piece (bytes past a row's length are unspecified)."""
+        pieces, lens = self._pieces(None)
+        width = max(sum(mat.shape[1] for mat, _ in self.parts), 1)
+        buf = np.zeros(self.n * width + self._widest(), dtype=np.uint8)
+        _write(buf, np.arange(self.n, dtype=np.int64) * width, pieces)
+        return buf[:self.n * width].reshape(self.n, width), lens
+
+    def _widest(self) -> int:
+        return max((mat.shape[1] for mat, _ in self.parts), default=0)
+
+    def _pieces(self, rows: np.ndarray | None) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], np.ndarray]:
+        """(matrix, lengths) of every piece for the selected rows (a constant stays one broadcast row, its lengths
+        None), and the rows' total lengths."""
+        m = self.n if rows is None else int(np.count_nonzero(rows))
+        pieces, total = [], np.zeros(m, dtype=np.int64)
+        for mat, lens in self.parts:
+            if lens is not None and rows is not None:
+                mat, lens = (mat if mat.strides[0] == 0 else mat[rows]), lens[rows]
+            pieces.append((mat, lens))
+            total += mat.shape[1] if lens is None else lens
+        return pieces, total
+
+
+def _write(buf: np.ndarray, starts: np.ndarray, pieces: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    """Write row k's pieces one after another from buf[starts[k]] on (see _Rows); buf has room for the widest
+    piece past the last row."""
+    (first, head), *rest = pieces
+    head = first.shape[1] if head is None else head
+    # how far a row's scratch may run: to the end of the next row's first piece (written last)
+    limit = np.append(starts[1:] + (head if np.isscalar(head) else head[1:]), len(buf))
+    pos = starts + head
+    for mat, lens in rest:
+        _scatter(buf, pos, mat, lens, limit)
+        pos += mat.shape[1] if lens is None else lens
+    _scatter(buf, starts, first, None if np.isscalar(head) else head, None)
+
+
+def _scatter(buf: np.ndarray, pos: np.ndarray, mat: np.ndarray, lens: np.ndarray | None,
+             limit: np.ndarray | None) -> None:
+    """Row k's item (mat[k]; lens None: full width) at buf[pos[k]:]: the whole `width` bytes where they end before
+    limit[k], exactly `lens[k]` bytes elsewhere (limit None: exactly everywhere)."""
+    w = mat.shape[1]
+    if w == 0 or len(pos) == 0:
+        return
+    items = np.ndarray((len(buf) - w + 1,), dtype=f"V{w}", buffer=buf, strides=(1,))  # item i = buf[i:i + w]
+    one = mat.strides[0] == 0  # the same bytes in every row (a broadcast)
+    src = np.ascontiguousarray(mat[:1] if one else mat).view(f"V{w}")[:, 0]
+    if lens is None:
+        items[pos] = src
+        return
+    whole = lens == w
+    if limit is not None and not whole.all():
+        whole = pos + w <= limit
+    if whole.all():
+        items[pos] = src
+        return
+    if whole.any():
+        items[pos[whole]] = src if one else src[whole]
+    rest = ~whole
+    sub = np.broadcast_to(mat[:1], (int(rest.sum()), w)) if one else mat[rest]
+    keep = np.arange(w) < lens[rest][:, None]
+    buf[(pos[rest][:, None] + np.arange(w))[keep]] = sub[keep]
 
 
 def _pad(flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -425,8 +466,11 @@ def _varint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unsigned 64-bit values -> protobuf base-128 varint bytes (matrix, lengths 1..10)."""
     u = values.astype(np.uint64, copy=False)
     lens = np.ones(len(u), dtype=np.int64)
+    top = int(u.max()) if len(u) else 0
     for k in range(1, 10):
-        lens += (u >> np.uint64(7 * k)) != 0
+        if top < 1 << (7 * k):
+            break
+        lens += u >= np.uint64(1 << (7 * k))
     w = int(lens.max()) if len(u) else 1
     mat = np.empty((len(u), w), dtype=np.uint8)
     for k in range(w):
