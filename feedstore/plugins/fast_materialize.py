@@ -31,12 +31,14 @@ transformations, offline writes, or a feature type without a vectorized encoder 
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from typing import Literal
 
 import numpy as np
@@ -73,7 +75,12 @@ _TAG = {ValueType.STRING: b"\x12", ValueType.INT32: b"\x18", ValueType.INT64: b"
         ValueType.DOUBLE_LIST: b"\x7a", ValueType.FLOAT_LIST: b"\x82\x01"}
 
 # KEYS: entity keys; ARGV[1]: the `_ts:<view>` field. Returns [index, stored bytes, ...] for keys that hold one.
-_LUA_STORED_TS = b"""local out = {}
+# One EXISTS per 1,000 keys first: on keys that are all new (a first materialization) it skips the per-key calls.
+_LUA_STORED_TS = b"""local out, present = {}, 0
+for i = 1, #KEYS, 1000 do
+  present = present + redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+end
+if present == 0 then return out end
 for i = 1, #KEYS do
   local v = redis.call('HGET', KEYS[i], ARGV[1])
   if v then out[#out + 1] = i - 1; out[#out + 1] = v end
@@ -175,20 +182,23 @@ class FastMaterializationEngine(LocalComputeEngine):
         client = self.online_store._get_client(cfg.online_store)
         ttl = cfg.online_store.key_ttl_seconds
         read = written = 0
-        with tempfile.TemporaryDirectory(prefix="feedstore-materialize-") as spill, _RedisStream(client) as stream:
+        with ExitStack() as stack:
+            spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="feedstore-materialize-"))
+            stream = stack.enter_context(_RedisStream(client))
             con = connect(self.duckdb_threads)
+            stack.callback(con.close)
             con.execute(f"SET memory_limit = '{self.duckdb_memory_limit}'")
             con.execute(f"SET temp_directory = '{spill}'")  # a private spill directory, never the current one
             reader = con.sql(_latest_rows_sql(fv, _source_path(fv.batch_source, cfg.repo_path)),
                              params={"start": _utc(task.start_time), "end": _utc(task.end_time)}
                              ).to_arrow_reader(self.batch_rows)
             layout.check_schema(reader.schema)
-            for k, batch in enumerate(reader):
+            batches = stack.enter_context(closing(_read_ahead(reader)))
+            for k, batch in enumerate(batches):
                 if k == 0 and self.verify_rows:
                     layout.verify(batch.slice(0, self.verify_rows))
                 read += batch.num_rows
                 written += _write_batch(stream, layout, batch, ttl, cfg.online_store.skip_dedup)
-            con.close()
         dt = time.perf_counter() - t0
         log.info("materialized %s [%s, %s] with the fast engine: %s entities read, %s written, %s already newer "
                  "online, in %.2f s (%s entities/s)", fv.name, task.start_time.isoformat(), task.end_time.isoformat(),
@@ -250,12 +260,13 @@ def _write_batch(stream: _RedisStream, layout: _Layout, batch: pa.RecordBatch, t
     `skip_dedup`); returns the number of rows written."""
     keys = layout.entity_keys(batch)
     seconds, nanos, ts_value = layout.event_timestamps(batch)
-    write = np.ones(batch.num_rows, dtype=bool)
     if not skip_dedup:
-        write = stream.newer_than_stored(keys, layout.ts_field, seconds, nanos)
+        stream.ask_stored(keys, layout.ts_field)  # Redis looks them up while the batch is encoded
+    commands = layout.commands(batch, keys, ts_value, ttl)
+    write = np.ones(batch.num_rows, dtype=bool) if skip_dedup else stream.newer_than_stored(seconds, nanos)
     count = int(write.sum())
     if count:
-        stream.send(layout.commands(batch, keys, ts_value, ttl, write), count * (2 if ttl else 1))
+        stream.send(commands.tobytes(None if count == batch.num_rows else write), count * (2 if ttl else 1))
     return count
 
 
@@ -275,6 +286,45 @@ def write_partition(batches: Iterator[pa.RecordBatch], *, layout: _Layout, onlin
             read += batch.num_rows
             written += _write_batch(stream, layout, _plain_types(batch), online.key_ttl_seconds, online.skip_dedup)
     yield pa.RecordBatch.from_pydict({"read": [read], "written": [written]}, schema=_COUNTS)
+
+
+def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """The same batches, read on a thread of its own up to `depth` ahead (DuckDB computes without the GIL, so the
+    next batches are produced while this one is encoded); close the generator to stop the thread."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+            put((None, None))
+        except BaseException as e:  # handed to the consumer
+            put((None, e))
+
+    thread = threading.Thread(target=run, name="feedstore-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = ahead.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
@@ -656,8 +706,8 @@ class _Layout:
         """Serialized Values of every feature, in the view's feature order."""
         return [encode_values(batch.column(name), vt) for name, vt in self.features]
 
-    def commands(self, batch: pa.RecordBatch, keys, ts_value, ttl: int | None, rows: np.ndarray) -> bytes:
-        """RESP for the selected rows: HSET key _ts:<view> <ts> <field> <value> ... [EXPIRE key ttl]."""
+    def commands(self, batch: pa.RecordBatch, keys, ts_value, ttl: int | None) -> _Rows:
+        """RESP per row: HSET key _ts:<view> <ts> <field> <value> ... [EXPIRE key ttl]."""
         r = _Rows(batch.num_rows)
         r.const(b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (1 + len(self.features))))
         r.bulk(*keys)
@@ -670,7 +720,7 @@ class _Layout:
             r.const(b"*3\r\n$6\r\nEXPIRE\r\n")
             r.bulk(*keys)
             r.bulk_const(str(int(ttl)).encode())
-        return r.tobytes(None if rows.all() else rows)
+        return r
 
     def verify(self, batch: pa.RecordBatch) -> None:
         """Encode these rows with Feast's own code too; raise _Unsupported on any difference in key or bytes."""
@@ -702,39 +752,51 @@ class _Layout:
 
 
 class _RedisStream:
-    """Two connections from the online store's redis-py pool: one for the stored-timestamp check (a Lua script
-    over a batch of keys), one streaming prebuilt RESP writes whose replies are read one batch later."""
+    """Two connections from the online store's redis-py pool: `check` asks for the stored timestamps of a batch's
+    keys (one Lua script, sent before the batch is encoded, its reply read after), `write` streams the prebuilt RESP
+    writes from a thread of its own (sending and reading replies wait on the socket without the GIL, so the next
+    batch is encoded meanwhile; a batch's replies are read after the next batch is sent)."""
 
     def __init__(self, client):
         self.pool = client.connection_pool
         self.check = self.write = None
-        self.pending = 0
+        self.queue: queue.Queue = queue.Queue(maxsize=1)  # bounds the encoded batches waiting: memory
+        self.error: BaseException | None = None
+        self.received, self.tail = 0, b"\r\n"  # replies read on `write`; the last bytes read (a line starts)
+        self.writer = threading.Thread(target=self._write_loop, name="feedstore-redis-writer", daemon=True)
 
     def __enter__(self) -> _RedisStream:
         self.check = self.pool.get_connection()
         self.write = self.pool.get_connection()
+        self.writer.start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self.queue.put(None)
+        self.writer.join()
         try:
-            if exc_type is None:
-                self.drain()
+            if exc_type is None and self.error is not None:
+                raise self.error
         finally:
             for conn in (self.check, self.write):
-                if exc_type is not None:
+                if exc_type is not None or self.error is not None:
                     conn.disconnect()  # replies may still be in flight: never hand this connection back dirty
                 self.pool.release(conn)
 
-    def newer_than_stored(self, keys, ts_field: bytes, seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
-        """Feast's rule: write a row unless its key holds a positive stored timestamp >= the row's."""
-        n = len(seconds)
-        r = _Rows(n)
+    def ask_stored(self, keys, ts_field: bytes) -> None:
+        """Send the lookup of these keys' stored `_ts:<view>` (read by newer_than_stored)."""
+        r = _Rows(len(keys[1]))
         r.bulk(*keys)
-        payload = (b"*%d\r\n$4\r\nEVAL\r\n" % (4 + n) + b"$%d\r\n%s\r\n" % (len(_LUA_STORED_TS), _LUA_STORED_TS)
-                   + b"$%d\r\n%d\r\n" % (len(str(n)), n) + r.tobytes() + b"$%d\r\n%s\r\n" % (len(ts_field), ts_field))
-        self.check.send_packed_command([payload])
+        n = len(keys[1])
+        self.check.send_packed_command([b"*%d\r\n$4\r\nEVAL\r\n" % (4 + n), b"$%d\r\n%s\r\n" % (
+            len(_LUA_STORED_TS), _LUA_STORED_TS), b"$%d\r\n%d\r\n" % (len(str(n)), n), r.tobytes(),
+            b"$%d\r\n%s\r\n" % (len(ts_field), ts_field)])
+
+    def newer_than_stored(self, seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
+        """Feast's rule, on the reply to ask_stored: write a row unless its key holds a positive stored timestamp
+        >= the row's."""
         reply = self.check.read_response()
-        write = np.ones(n, dtype=bool)
+        write = np.ones(len(seconds), dtype=bool)
         if reply:
             idx = np.asarray(reply[0::2], dtype=np.int64)
             stored_s, stored_n = _decode_timestamps(reply[1::2])
@@ -744,28 +806,44 @@ class _RedisStream:
         return write
 
     def send(self, payload: bytes, replies: int) -> None:
-        """Send one batch of commands; first read the replies of the previous batch (Redis works meanwhile)."""
-        self.drain()
-        self.write.send_packed_command([payload])
-        self.pending = replies
+        """Hand one batch of commands (`replies` replies expected) to the writer thread; raise its error if any."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put((payload, replies))
 
-    def drain(self) -> None:
-        """Read the outstanding replies (one line each: integers or errors) and raise on any error."""
-        if not self.pending:
-            return
-        sock, chunks, lines, last = self.write._sock, [], 0, b""
-        while lines < self.pending:
+    def _write_loop(self) -> None:
+        """The writer thread: send each batch, then read the replies of the batches before it; after an error, only
+        drain the queue (the main thread raises it)."""
+        sent = 0  # replies expected for everything sent so far
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                self.write.send_packed_command([item[0]])
+                self._read_replies(sent)
+                sent += item[1]
+            except BaseException as e:  # handed to the main thread
+                self.error = e
+        if self.error is None:
+            try:
+                self._read_replies(sent)
+            except BaseException as e:
+                self.error = e
+
+    def _read_replies(self, upto: int) -> None:
+        """Read replies (one line each: integers or errors) until `upto` have come since the start (more may come
+        with them: counted too); raise on an error reply."""
+        sock = self.write._sock
+        while self.received < upto:
             data = sock.recv(1 << 20)
             if not data:
                 raise ConnectionError("Redis closed the connection while replies were outstanding")
-            chunks.append(data)
-            lines += data.count(b"\r\n") + (last == b"\r" and data[:1] == b"\n")
-            last = data[-1:]
-        replies = b"".join(chunks)
-        self.pending = 0
-        if replies.startswith(b"-") or b"\r\n-" in replies:
-            first = (b"\r\n" + replies).split(b"\r\n-", 1)[1].split(b"\r\n", 1)[0]
-            raise RuntimeError(f"Redis rejected a write: -{first.decode(errors='replace')}")
+            seen = self.tail + data  # a line split between two reads still counts once
+            self.received += seen.count(b"\r\n") - self.tail.count(b"\r\n")
+            if b"\r\n-" in seen:
+                first = seen.split(b"\r\n-", 1)[1].split(b"\r\n", 1)[0]
+                raise RuntimeError(f"Redis rejected a write: -{first.decode(errors='replace')}")
+            self.tail = seen[-2:]
 
 
 def _decode_timestamps(raws: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
