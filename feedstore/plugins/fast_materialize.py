@@ -749,9 +749,9 @@ class _Layout:
 class _RedisStream:
     """Two connections from the online store's redis-py pool: `check` asks for the stored timestamps of a batch's
     keys (sent before the batch is encoded, the reply read after: one EXISTS over the keys while none of the view's
-    keys so far existed, as in a first materialization, else a Lua script that reads each key's `_ts`; handing a
-    Lua script 10,000 keys costs redis-server ~15 times the EXISTS), `write` streams the prebuilt RESP writes from a
-    thread of its own (sending and reading replies wait on the socket without the GIL, so the next
+    keys so far existed, as in a first materialization, else a Lua script that reads each key's `_ts`: handing a
+    Lua script a batch of keys costs redis-server far more than one EXISTS), `write` streams the prebuilt RESP
+    writes from a thread of its own (sending and reading replies wait on the socket without the GIL, so the next
     batch is encoded meanwhile; a batch's replies are read after the next batch is sent)."""
 
     def __init__(self, client):
