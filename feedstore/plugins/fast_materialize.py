@@ -400,10 +400,13 @@ class _Rows:
     def __init__(self, n: int):
         self.n = n
         self.parts: list[tuple[np.ndarray, np.ndarray | None]] = []  # (matrix, lengths); None: all full width
+        self.last_const = b""
 
     def const(self, data: bytes) -> None:
         if self.parts and self.parts[-1][1] is None:  # merge adjacent constants
-            data = self.parts.pop()[0][0].tobytes() + data
+            self.parts.pop()
+            data = self.last_const + data
+        self.last_const = data
         self.parts.append((np.broadcast_to(np.frombuffer(data, dtype=np.uint8), (self.n, len(data))), None))
 
     def ragged(self, mat: np.ndarray, lens: np.ndarray) -> None:
