@@ -31,12 +31,14 @@ transformations, offline writes, or a feature type without a vectorized encoder 
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from typing import Literal
 
 import numpy as np
@@ -175,20 +177,23 @@ class FastMaterializationEngine(LocalComputeEngine):
         client = self.online_store._get_client(cfg.online_store)
         ttl = cfg.online_store.key_ttl_seconds
         read = written = 0
-        with tempfile.TemporaryDirectory(prefix="feedstore-materialize-") as spill, _RedisStream(client) as stream:
+        with ExitStack() as stack:
+            spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="feedstore-materialize-"))
+            stream = stack.enter_context(_RedisStream(client))
             con = connect(self.duckdb_threads)
+            stack.callback(con.close)
             con.execute(f"SET memory_limit = '{self.duckdb_memory_limit}'")
             con.execute(f"SET temp_directory = '{spill}'")  # a private spill directory, never the current one
             reader = con.sql(_latest_rows_sql(fv, _source_path(fv.batch_source, cfg.repo_path)),
                              params={"start": _utc(task.start_time), "end": _utc(task.end_time)}
                              ).to_arrow_reader(self.batch_rows)
             layout.check_schema(reader.schema)
-            for k, batch in enumerate(reader):
+            batches = stack.enter_context(closing(_read_ahead(reader)))
+            for k, batch in enumerate(batches):
                 if k == 0 and self.verify_rows:
                     layout.verify(batch.slice(0, self.verify_rows))
                 read += batch.num_rows
                 written += _write_batch(stream, layout, batch, ttl, cfg.online_store.skip_dedup)
-            con.close()
         dt = time.perf_counter() - t0
         log.info("materialized %s [%s, %s] with the fast engine: %s entities read, %s written, %s already newer "
                  "online, in %.2f s (%s entities/s)", fv.name, task.start_time.isoformat(), task.end_time.isoformat(),
@@ -250,12 +255,13 @@ def _write_batch(stream: _RedisStream, layout: _Layout, batch: pa.RecordBatch, t
     `skip_dedup`); returns the number of rows written."""
     keys = layout.entity_keys(batch)
     seconds, nanos, ts_value = layout.event_timestamps(batch)
-    write = np.ones(batch.num_rows, dtype=bool)
     if not skip_dedup:
-        write = stream.newer_than_stored(keys, layout.ts_field, seconds, nanos)
+        stream.ask_stored(keys, layout.ts_field)  # Redis looks them up while the batch is encoded
+    commands = layout.commands(batch, keys, ts_value, ttl)
+    write = np.ones(batch.num_rows, dtype=bool) if skip_dedup else stream.newer_than_stored(seconds, nanos)
     count = int(write.sum())
     if count:
-        stream.send(layout.commands(batch, keys, ts_value, ttl, write), count * (2 if ttl else 1))
+        stream.send(commands.tobytes(None if count == batch.num_rows else write), count * (2 if ttl else 1))
     return count
 
 
@@ -275,6 +281,45 @@ def write_partition(batches: Iterator[pa.RecordBatch], *, layout: _Layout, onlin
             read += batch.num_rows
             written += _write_batch(stream, layout, _plain_types(batch), online.key_ttl_seconds, online.skip_dedup)
     yield pa.RecordBatch.from_pydict({"read": [read], "written": [written]}, schema=_COUNTS)
+
+
+def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """The same batches, read on a thread of its own up to `depth` ahead (DuckDB computes without the GIL, so the
+    next batches are produced while this one is encoded); close the generator to stop the thread."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+            put((None, None))
+        except BaseException as e:  # handed to the consumer
+            put((None, e))
+
+    thread = threading.Thread(target=run, name="feedstore-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = ahead.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
@@ -342,38 +387,39 @@ def _latest_rows_sql(fv: FeatureView, path: str) -> str:
 # ------------------------------------------------------------------------------------------ byte building
 
 
-_GAP = np.uint16(256)  # marks the unused tail of a piece in _Rows' uint16 grid
-
-
 class _Rows:
-    """One byte string per row, built column by column from constant pieces and ragged (matrix, lengths) pieces.
+    """One byte string per row, built left to right from pieces: constants (the same bytes in every row) and ragged
+    pieces, a (rows x width) uint8 matrix whose first `length` bytes in a row are the piece's bytes.
 
-    Every piece is a (rows x width) uint8 matrix whose first `length` bytes in a row are valid; the pieces are laid
-    side by side in one matrix and the valid bytes taken in row-major order: one boolean compress, no row loop."""
+    Rows are written into one buffer a piece at a time, each piece for all rows in one numpy scatter of
+    `width`-byte items at the rows' running offsets; the bytes of an item past its length are scratch that the next
+    piece overwrites. The first piece is written last, so scratch running past a row's end lands in the next row's
+    first piece; the few rows whose scratch would reach further get that piece's exact bytes only. No row loop, no
+    pass over every byte but the scatters' own."""
 
     def __init__(self, n: int):
         self.n = n
-        self.parts: list[tuple[np.ndarray, np.ndarray | None]] = []
-        self._const = bytearray()
+        self.parts: list[tuple[np.ndarray, np.ndarray | None]] = []  # (matrix, lengths); None: all full width
+        self.last_const = b""
 
     def const(self, data: bytes) -> None:
-        self._const += data
-
-    def _flush(self) -> None:
-        if self._const:
-            self.parts.append((np.frombuffer(bytes(self._const), dtype=np.uint8)[None, :], None))
-            self._const = bytearray()
+        if self.parts and self.parts[-1][1] is None:  # merge adjacent constants
+            self.parts.pop()
+            data = self.last_const + data
+        self.last_const = data
+        self.parts.append((np.broadcast_to(np.frombuffer(data, dtype=np.uint8), (self.n, len(data))), None))
 
     def ragged(self, mat: np.ndarray, lens: np.ndarray) -> None:
-        self._flush()
         self.parts.append((mat, lens))
 
     def bulk(self, mat: np.ndarray, lens: np.ndarray) -> None:
         """A RESP bulk string per row: $<length>\\r\\n<bytes>\\r\\n."""
-        digits, dlens = _ascii(lens)
-        self.const(b"$")
-        self.ragged(digits, dlens)
-        self.const(b"\r\n")
+        if len(lens) and lens.min() == lens.max():  # one length (all doubles, say): the prefix is a constant
+            self.const(b"$%d\r\n" % lens[0])
+        else:
+            self.const(b"$")
+            self.ragged(*_ascii(lens))
+            self.const(b"\r\n")
         self.ragged(mat, lens)
         self.const(b"\r\n")
 
@@ -381,36 +427,79 @@ class _Rows:
         """The same RESP bulk string in every row."""
         self.const(b"$%d\r\n%s\r\n" % (len(data), data))
 
-    def _grid(self, rows: np.ndarray | None) -> np.ndarray:
-        """(rows x width) uint16: the bytes, 256 where a piece is shorter than its width. Built one piece per
-        line (a long contiguous run each; a column slice of a row-major matrix would cost one tiny copy per row),
-        then transposed in cache-sized blocks."""
-        self._flush()
-        widths = [m.shape[1] for m, _ in self.parts]
-        grid = np.empty((sum(widths), self.n), dtype=np.uint16)
-        a = 0
-        for (mat, lens), w in zip(self.parts, widths, strict=True):
-            if lens is None:
-                grid[a:a + w] = mat.T
-            else:
-                np.copyto(grid[a:a + w], np.where(np.arange(w)[:, None] < lens[None, :], mat.T, _GAP))
-            a += w
-        out = np.empty((self.n, grid.shape[0]), dtype=np.uint16)
-        for j in range(0, self.n, 256):
-            out[j:j + 256] = grid[:, j:j + 256].T
-        return out if rows is None else out[rows]
-
     def tobytes(self, rows: np.ndarray | None = None) -> bytes:
         """All rows (or the selected ones) concatenated."""
-        grid = self._grid(rows)
-        return grid[grid != _GAP].astype(np.uint8).tobytes()
+        pieces, lens = self._pieces(rows)
+        if not len(lens):
+            return b""
+        ends = np.cumsum(lens)
+        buf = np.empty(int(ends[-1]) + self._widest(), dtype=np.uint8)
+        _write(buf, ends - lens, pieces)
+        return buf[:int(ends[-1])].tobytes()
 
     def packed(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rows as one left-aligned (matrix, lengths) piece."""
-        grid = self._grid(None)
-        keep = grid != _GAP
-        lens = keep.sum(axis=1)
-        return _pad(grid[keep].astype(np.uint8), lens), lens
+        """The rows as one left-aligned (matrix, lengths) piece (bytes past a row's length are unspecified)."""
+        pieces, lens = self._pieces(None)
+        width = max(sum(mat.shape[1] for mat, _ in self.parts), 1)
+        buf = np.zeros(self.n * width + self._widest(), dtype=np.uint8)
+        _write(buf, np.arange(self.n, dtype=np.int64) * width, pieces)
+        return buf[:self.n * width].reshape(self.n, width), lens
+
+    def _widest(self) -> int:
+        return max((mat.shape[1] for mat, _ in self.parts), default=0)
+
+    def _pieces(self, rows: np.ndarray | None) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], np.ndarray]:
+        """(matrix, lengths) of every piece for the selected rows (a constant stays one broadcast row, its lengths
+        None), and the rows' total lengths."""
+        m = self.n if rows is None else int(np.count_nonzero(rows))
+        pieces, total = [], np.zeros(m, dtype=np.int64)
+        for mat, lens in self.parts:
+            if lens is not None and rows is not None:
+                mat, lens = (mat if mat.strides[0] == 0 else mat[rows]), lens[rows]
+            pieces.append((mat, lens))
+            total += mat.shape[1] if lens is None else lens
+        return pieces, total
+
+
+def _write(buf: np.ndarray, starts: np.ndarray, pieces: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    """Write row k's pieces one after another from buf[starts[k]] on (see _Rows); buf has room for the widest
+    piece past the last row."""
+    (first, head), *rest = pieces
+    head = first.shape[1] if head is None else head
+    # how far a row's scratch may run: to the end of the next row's first piece (written last)
+    limit = np.append(starts[1:] + (head if np.isscalar(head) else head[1:]), len(buf))
+    pos = starts + head
+    for mat, lens in rest:
+        _scatter(buf, pos, mat, lens, limit)
+        pos += mat.shape[1] if lens is None else lens
+    _scatter(buf, starts, first, None if np.isscalar(head) else head, None)
+
+
+def _scatter(buf: np.ndarray, pos: np.ndarray, mat: np.ndarray, lens: np.ndarray | None,
+             limit: np.ndarray | None) -> None:
+    """Row k's item (mat[k]; lens None: full width) at buf[pos[k]:]: the whole `width` bytes where they end before
+    limit[k], exactly `lens[k]` bytes elsewhere (limit None: exactly everywhere)."""
+    w = mat.shape[1]
+    if w == 0 or len(pos) == 0:
+        return
+    items = np.ndarray((len(buf) - w + 1,), dtype=f"V{w}", buffer=buf, strides=(1,))  # item i = buf[i:i + w]
+    one = mat.strides[0] == 0  # the same bytes in every row (a broadcast)
+    src = np.ascontiguousarray(mat[:1] if one else mat).view(f"V{w}")[:, 0]
+    if lens is None:
+        items[pos] = src
+        return
+    whole = lens == w
+    if limit is not None and not whole.all():
+        whole = pos + w <= limit
+    if whole.all():
+        items[pos] = src
+        return
+    if whole.any():
+        items[pos[whole]] = src if one else src[whole]
+    rest = ~whole
+    sub = np.broadcast_to(mat[:1], (int(rest.sum()), w)) if one else mat[rest]
+    keep = np.arange(w) < lens[rest][:, None]
+    buf[(pos[rest][:, None] + np.arange(w))[keep]] = sub[keep]
 
 
 def _pad(flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -425,8 +514,11 @@ def _varint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unsigned 64-bit values -> protobuf base-128 varint bytes (matrix, lengths 1..10)."""
     u = values.astype(np.uint64, copy=False)
     lens = np.ones(len(u), dtype=np.int64)
+    top = int(u.max()) if len(u) else 0
     for k in range(1, 10):
-        lens += (u >> np.uint64(7 * k)) != 0
+        if top < 1 << (7 * k):
+            break
+        lens += u >= np.uint64(1 << (7 * k))
     w = int(lens.max()) if len(u) else 1
     mat = np.empty((len(u), w), dtype=np.uint8)
     for k in range(w):
@@ -612,8 +704,8 @@ class _Layout:
         """Serialized Values of every feature, in the view's feature order."""
         return [encode_values(batch.column(name), vt) for name, vt in self.features]
 
-    def commands(self, batch: pa.RecordBatch, keys, ts_value, ttl: int | None, rows: np.ndarray) -> bytes:
-        """RESP for the selected rows: HSET key _ts:<view> <ts> <field> <value> ... [EXPIRE key ttl]."""
+    def commands(self, batch: pa.RecordBatch, keys, ts_value, ttl: int | None) -> _Rows:
+        """RESP per row: HSET key _ts:<view> <ts> <field> <value> ... [EXPIRE key ttl]."""
         r = _Rows(batch.num_rows)
         r.const(b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (1 + len(self.features))))
         r.bulk(*keys)
@@ -626,7 +718,7 @@ class _Layout:
             r.const(b"*3\r\n$6\r\nEXPIRE\r\n")
             r.bulk(*keys)
             r.bulk_const(str(int(ttl)).encode())
-        return r.tobytes(None if rows.all() else rows)
+        return r
 
     def verify(self, batch: pa.RecordBatch) -> None:
         """Encode these rows with Feast's own code too; raise _Unsupported on any difference in key or bytes."""
@@ -658,39 +750,68 @@ class _Layout:
 
 
 class _RedisStream:
-    """Two connections from the online store's redis-py pool: one for the stored-timestamp check (a Lua script
-    over a batch of keys), one streaming prebuilt RESP writes whose replies are read one batch later."""
+    """Two connections from the online store's redis-py pool: `check` asks for the stored timestamps of a batch's
+    keys (sent before the batch is encoded, the reply read after: one EXISTS over the keys while none of the view's
+    keys so far existed, as in a first materialization, else a Lua script that reads each key's `_ts`: handing a
+    Lua script a batch of keys costs redis-server far more than one EXISTS), `write` streams the prebuilt RESP
+    writes from a thread of its own (sending and reading replies wait on the socket without the GIL, so the next
+    batch is encoded meanwhile; a batch's replies are read after the next batch is sent)."""
 
     def __init__(self, client):
         self.pool = client.connection_pool
         self.check = self.write = None
-        self.pending = 0
+        self.queue: queue.Queue = queue.Queue(maxsize=1)  # bounds the encoded batches waiting: memory
+        self.error: BaseException | None = None
+        self.any_stored = False  # a key of this stream's batches existed: ask the Lua script directly
+        self.asked: tuple[bytes, int, bytes] | None = None  # the open ask: keys as RESP bulk strings, count, field
+        self.received, self.tail = 0, b"\r\n"  # replies read on `write`; the last bytes read (a line starts)
+        self.writer = threading.Thread(target=self._write_loop, name="feedstore-redis-writer", daemon=True)
 
     def __enter__(self) -> _RedisStream:
         self.check = self.pool.get_connection()
         self.write = self.pool.get_connection()
+        self.writer.start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self.queue.put(None)
+        self.writer.join()
         try:
-            if exc_type is None:
-                self.drain()
+            if exc_type is None and self.error is not None:
+                raise self.error
         finally:
             for conn in (self.check, self.write):
-                if exc_type is not None:
+                if exc_type is not None or self.error is not None:
                     conn.disconnect()  # replies may still be in flight: never hand this connection back dirty
                 self.pool.release(conn)
 
-    def newer_than_stored(self, keys, ts_field: bytes, seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
-        """Feast's rule: write a row unless its key holds a positive stored timestamp >= the row's."""
-        n = len(seconds)
-        r = _Rows(n)
+    def ask_stored(self, keys, ts_field: bytes) -> None:
+        """Send the lookup of these keys' stored `_ts:<view>` (its reply is read by newer_than_stored)."""
+        r = _Rows(len(keys[1]))
         r.bulk(*keys)
-        payload = (b"*%d\r\n$4\r\nEVAL\r\n" % (4 + n) + b"$%d\r\n%s\r\n" % (len(_LUA_STORED_TS), _LUA_STORED_TS)
-                   + b"$%d\r\n%d\r\n" % (len(str(n)), n) + r.tobytes() + b"$%d\r\n%s\r\n" % (len(ts_field), ts_field))
-        self.check.send_packed_command([payload])
+        self.asked = (r.tobytes(), len(keys[1]), ts_field)
+        if self.any_stored:
+            self._send_lua()
+        else:
+            self.check.send_packed_command([b"*%d\r\n$6\r\nEXISTS\r\n" % (1 + len(keys[1])), self.asked[0]])
+
+    def _send_lua(self) -> None:
+        keys, n, ts_field = self.asked
+        self.check.send_packed_command([b"*%d\r\n$4\r\nEVAL\r\n" % (4 + n), b"$%d\r\n%s\r\n" % (
+            len(_LUA_STORED_TS), _LUA_STORED_TS), b"$%d\r\n%d\r\n" % (len(str(n)), n), keys,
+            b"$%d\r\n%s\r\n" % (len(ts_field), ts_field)])
+
+    def newer_than_stored(self, seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
+        """Feast's rule, on the reply to ask_stored: write a row unless its key holds a positive stored timestamp
+        >= the row's."""
         reply = self.check.read_response()
-        write = np.ones(n, dtype=bool)
+        if not self.any_stored:  # the EXISTS count
+            if reply == 0:
+                return np.ones(len(seconds), dtype=bool)
+            self.any_stored = True
+            self._send_lua()
+            reply = self.check.read_response()
+        write = np.ones(len(seconds), dtype=bool)
         if reply:
             idx = np.asarray(reply[0::2], dtype=np.int64)
             stored_s, stored_n = _decode_timestamps(reply[1::2])
@@ -700,28 +821,44 @@ class _RedisStream:
         return write
 
     def send(self, payload: bytes, replies: int) -> None:
-        """Send one batch of commands; first read the replies of the previous batch (Redis works meanwhile)."""
-        self.drain()
-        self.write.send_packed_command([payload])
-        self.pending = replies
+        """Hand one batch of commands (`replies` replies expected) to the writer thread; raise its error if any."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put((payload, replies))
 
-    def drain(self) -> None:
-        """Read the outstanding replies (one line each: integers or errors) and raise on any error."""
-        if not self.pending:
-            return
-        sock, chunks, lines, last = self.write._sock, [], 0, b""
-        while lines < self.pending:
+    def _write_loop(self) -> None:
+        """The writer thread: send each batch, then read the replies of the batches before it; after an error, only
+        drain the queue (the main thread raises it)."""
+        sent = 0  # replies expected for everything sent so far
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                self.write.send_packed_command([item[0]])
+                self._read_replies(sent)
+                sent += item[1]
+            except BaseException as e:  # handed to the main thread
+                self.error = e
+        if self.error is None:
+            try:
+                self._read_replies(sent)
+            except BaseException as e:
+                self.error = e
+
+    def _read_replies(self, upto: int) -> None:
+        """Read replies (one line each: integers or errors) until `upto` have come since the start (more may come
+        with them: counted too); raise on an error reply."""
+        sock = self.write._sock
+        while self.received < upto:
             data = sock.recv(1 << 20)
             if not data:
                 raise ConnectionError("Redis closed the connection while replies were outstanding")
-            chunks.append(data)
-            lines += data.count(b"\r\n") + (last == b"\r" and data[:1] == b"\n")
-            last = data[-1:]
-        replies = b"".join(chunks)
-        self.pending = 0
-        if replies.startswith(b"-") or b"\r\n-" in replies:
-            first = (b"\r\n" + replies).split(b"\r\n-", 1)[1].split(b"\r\n", 1)[0]
-            raise RuntimeError(f"Redis rejected a write: -{first.decode(errors='replace')}")
+            seen = self.tail + data  # a line split between two reads still counts once
+            self.received += seen.count(b"\r\n") - self.tail.count(b"\r\n")
+            if b"\r\n-" in seen:
+                first = seen.split(b"\r\n-", 1)[1].split(b"\r\n", 1)[0]
+                raise RuntimeError(f"Redis rejected a write: -{first.decode(errors='replace')}")
+            self.tail = seen[-2:]
 
 
 def _decode_timestamps(raws: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
