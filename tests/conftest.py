@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 #: test module node id -> its Redis logical database (see `redis_db`)
 _REDIS_DBS = pytest.StashKey[dict[str, int]]()
 
+#: The longest modules, longest first. Under pytest-xdist they are handed out first (`--dist loadfile` gives each
+#: worker whole modules in collection order), so the run does not end with one worker on a long module while the
+#: other has nothing left; the many short modules fill in after them. An order only: every test still runs.
+LONGEST_FIRST = ("test_dag.py", "test_crash_safety.py", "test_engines.py", "test_spark_materialize.py",
+                 "test_wheel.py", "test_reproducible.py")
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -24,6 +30,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
         elif "integration" in path.parts:
             item.add_marker(pytest.mark.integration)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike, so they agree on the collection
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     # Every pytest-xdist worker collects the same items, so every worker computes the same numbering.
     modules = sorted({item.getparent(pytest.Module).nodeid for item in items if "redis_db" in item.fixturenames})
     config.stash[_REDIS_DBS] = {module: n for n, module in enumerate(modules, start=1)}
