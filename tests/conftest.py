@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ _REDIS_DBS = pytest.StashKey[dict[str, int]]()
 #: other has nothing left; the many short modules fill in after them. An order only: every test still runs.
 LONGEST_FIRST = ("test_dag.py", "test_crash_safety.py", "test_engines.py", "test_spark_materialize.py",
                  "test_wheel.py", "test_reproducible.py")
+
+
+def pytest_configure(config):
+    main = sys.modules["__main__"]
+    if os.environ.get("PYTEST_XDIST_WORKER") and main.__spec__ is None and not hasattr(main, "__file__"):
+        # A pytest-xdist worker runs execnet's gateway code as `__main__`, exec'd by `python -c`: no __spec__, no
+        # __file__. pyspark.sql.connect (which Great Expectations imports when pyspark is installed) takes such a
+        # `__main__` for a pyspark doctest run and calls sys.exit(0) when Spark Connect's extras are missing, so
+        # every GX import in a worker would end the test. The worker's `__main__` gets the file it runs.
+        import execnet.gateway_base
+
+        main.__file__ = execnet.gateway_base.__file__
 
 
 def pytest_collection_modifyitems(config, items):
