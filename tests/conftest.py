@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,28 @@ from feedstore.core.config import GenerationConfig, PipelineConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: test module node id -> its Redis logical database (see `redis_db`)
+_REDIS_DBS = pytest.StashKey[dict[str, int]]()
+
+#: The longest modules, longest first. Under pytest-xdist they are handed out first (`--dist loadfile` gives each
+#: worker whole modules in collection order), so the run does not end with one worker on a long module while the
+#: other has nothing left; the many short modules fill in after them. An order only: every test still runs.
+LONGEST_FIRST = ("test_dag.py", "test_crash_safety.py", "test_engines.py", "test_spark_materialize.py",
+                 "test_wheel.py", "test_reproducible.py")
+
+
+def pytest_configure(config):
+    main = sys.modules["__main__"]
+    if os.environ.get("PYTEST_XDIST_WORKER") and main.__spec__ is None and not hasattr(main, "__file__"):
+        # A pytest-xdist worker runs execnet's gateway code as `__main__`, exec'd by `python -c`: no __spec__, no
+        # __file__. pyspark.sql.connect (which Great Expectations imports when pyspark is installed) takes such a
+        # `__main__` for a pyspark doctest run and calls sys.exit(0) when Spark Connect's extras are missing, so
+        # every GX import in a worker would end the test. The worker's `__main__` gets the file it runs.
+        import execnet.gateway_base
+
+        main.__file__ = execnet.gateway_base.__file__
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath))
@@ -18,6 +43,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
         elif "integration" in path.parts:
             item.add_marker(pytest.mark.integration)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike, so they agree on the collection
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    # Every pytest-xdist worker collects the same items, so every worker computes the same numbering.
+    modules = sorted({item.getparent(pytest.Module).nodeid for item in items if "redis_db" in item.fixturenames})
+    config.stash[_REDIS_DBS] = {module: n for n, module in enumerate(modules, start=1)}
+
+
+def xdist_worker_index() -> int:
+    """N under pytest-xdist's worker gwN, 0 in a serial run."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else 0
 
 
 def small_generation(**overrides) -> GenerationConfig:
@@ -41,12 +78,29 @@ def small_raw(tmp_path_factory) -> tuple[Path, GenerationConfig]:
 # ------------------------------------------------------------------------------------------ real services
 
 
+_PORTS_PER_WORKER = 1000
+_handed_out: set[int] = set()
+_port_choice = random.Random()  # its own generator: tests that seed the global one do not make it repeat
+
+
 def _free_port() -> int:
+    """A free loopback port from this test process's own band (1000 ports from 20000 + 1000 x the xdist worker
+    index, below the kernel's ephemeral range), never one it handed out before: two workers never pick the same
+    port, and a port a test keeps as "nothing listens there" is not one another worker starts a server on."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    base = 20_000 + _PORTS_PER_WORKER * (xdist_worker_index() % 12)
+    candidates = [p for p in range(base, base + _PORTS_PER_WORKER) if p not in _handed_out]
+    _port_choice.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {base}-{base + _PORTS_PER_WORKER - 1}")
 
 
 def redis_server_binary() -> str:
@@ -102,14 +156,15 @@ def redis_url(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-_DB_COUNTER = iter(range(1, 16))
-
-
 @pytest.fixture(scope="module")
-def redis_db(redis_url) -> str:
+def redis_db(request, redis_url) -> str:
     """A Redis connection string for one test module: its own logical database (`,db=N`), so modules that
-    materialize the same Feast project never read each other's keys."""
-    return f"{redis_url},db={next(_DB_COUNTER)}"
+    materialize the same Feast project never read each other's keys. N is the module's rank among the modules that
+    use this fixture, the same in every pytest-xdist worker: workers sharing FEEDSTORE_TEST_REDIS never share a
+    database (14 and 15 belong to test_fast_materialize's `redis_pair`)."""
+    db = request.config.stash[_REDIS_DBS][request.node.nodeid]
+    assert db <= 13, "more than 13 modules use redis_db: Redis has 16 databases (0 and 14-15 are taken)"
+    return f"{redis_url},db={db}"
 
 
 def pipeline_config(data_dir: Path, **overrides) -> PipelineConfig:

@@ -58,14 +58,17 @@ _started_with: SparkConfig | None = None
 
 def _log4j_file() -> str:
     """A log4j2 configuration that keeps Spark at ERROR (its default prints a dozen WARN lines per start)."""
+    from feedstore.core.io import atomic_path
+
     path = Path(tempfile.gettempdir()) / "feedstore-spark-log4j2-v2.properties"
-    if not path.exists():
-        path.write_text("rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
-                        "appender.console.type = Console\nappender.console.name = console\n"
-                        "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
-                        "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n"
-                        # the shell logger's level decides the "Setting default log level" banner
-                        "logger.repl.name = org.apache.spark.repl.Main\nlogger.repl.level = error\n")
+    if not path.exists():  # written whole and renamed: a JVM starting in another process never reads half of it
+        with atomic_path(path) as tmp:
+            tmp.write_text("rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
+                           "appender.console.type = Console\nappender.console.name = console\n"
+                           "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
+                           "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n"
+                           # the shell logger's level decides the "Setting default log level" banner
+                           "logger.repl.name = org.apache.spark.repl.Main\nlogger.repl.level = error\n")
     return str(path)
 
 

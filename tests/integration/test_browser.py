@@ -87,7 +87,10 @@ def demo(tmp_path_factory, request) -> Iterator[Path]:
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():  # on the terminal whatever -r / -s say
-            reporter.write_line(f"\n{where}")
+            if os.environ.get("PYTEST_XDIST_WORKER"):  # a pytest-xdist worker's stdout is /dev/null, its stderr
+                sys.stderr.write(f"\n{where}\n")  # the terminal
+            else:
+                reporter.write_line(f"\n{where}")
 
 
 @pytest.fixture(scope="module")

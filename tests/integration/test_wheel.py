@@ -37,14 +37,16 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = str(env_dir / "bin" / "python")
+    # nothing of the caller's environment: with PYTHONPATH on a source tree, pip would take that tree's
+    # feedstore.egg-info (left by the `pip wheel` above) for an installed feedstore and skip the wheel
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDSTORE_", "VIRTUAL_ENV", "PYTHONPATH"))}
     # the lock pins every package, so nothing is resolved: pip only unpacks (from its cache when it has them)
-    sh(py, "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(ROOT / "requirements" / "demo.lock"))
-    sh(py, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel))
-    sh(py, "-m", "pip", "check")  # every declared dependency is in the lock, at a version that fits
+    sh(py, "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(ROOT / "requirements" / "demo.lock"), env=env)
+    sh(py, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel), env=env)
+    sh(py, "-m", "pip", "check", env=env)  # every declared dependency is in the lock, at a version that fits
 
     elsewhere = tmp_path / "somewhere else"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDSTORE_", "VIRTUAL_ENV", "PYTHONPATH"))}
     cli = str(env_dir / "bin" / "feedstore")
     where = sh(py, "-c", "import feedstore.core.feast_repo as f, feedstore.core.config as c; "
                "print(f.REPO_DIR); print(c.CONFIG_DIR)", cwd=elsewhere, env=env).stdout.split("\n")
