@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +41,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_TS_PREFIX, TRAINING_KEYS, TRAINING_LABELS, TRAINING_SPLITS
 from feedstore.core.errors import EntityDataFrameError, FeedstoreError, InputDataError
-from feedstore.core.io import PARQUET_OPTIONS, VersionStage, write_json
+from feedstore.core.io import PARQUET_OPTIONS, VersionStage, read_ahead, write_json
 from feedstore.core.progress import Progress
 from feedstore.core.spec import FEATURE_SERVICE, FEATURE_SPEC
 from feedstore.training_data.splits import describe_cuts, label_rows, time_cuts
@@ -116,8 +116,9 @@ def build_training_set(cfg: PipelineConfig, *, online_store: str | None = None, 
 
     Streams: the entity rows stay a DuckDB query, get_historical_features is read `splits.batch_rows` rows at a
     time, and each batch feeds the split files, the gate and the report while the next one is joined (on a
-    thread: `_ReadAhead`). Memory follows the batch size (two batches), plus ~90 bytes per entity row (DuckDB
-    keeps the rows to number them; the split cuts need their timestamps) and the report's fixed-size samples.
+    thread: `feedstore.core.io.read_ahead`). Memory follows the batch size (two batches), plus ~90 bytes per
+    entity row (DuckDB keeps the rows to number them; the split cuts need their timestamps) and the report's
+    fixed-size samples.
 
     With plots, a spawned process (started first, so its imports run while this process imports Feast and joins)
     fits the preprocessor and renders the report's pages; `publish()` finishes the pages.
@@ -200,7 +201,7 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
     stage = pending.path / version
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
-    progress = reader = None
+    progress = batches = None
     try:
         import pyarrow.parquet as pq
 
@@ -208,11 +209,12 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
         dtypes: dict[str, str] = {}
         numeric: list[str] = []
         totals = {n: {"rows": 0, "min": None, "max": None, "click": 0, "like": 0} for n in TRAINING_SPLITS}
-        reader = _ReadAhead(job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True))
+        # each next batch is joined on a thread while this one feeds the split files, gate and report
+        batches = read_ahead(job.iter_batches(cfg.splits.batch_rows, keep_feature_ts=True))
         progress = Progress(len(us), "training set", unit="rows", logger=log)
         while True:
             t1 = time.perf_counter()
-            table = reader.next()  # the time this waits for the join is what the manifest reports
+            table = next(batches, None)  # the time this waits for the join is what the manifest reports
             retrieval_s += time.perf_counter() - t1
             if table is None:
                 progress.close()
@@ -283,8 +285,8 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
         pending.discard()
         raise
     finally:
-        if reader is not None:
-            reader.close()
+        if batches is not None:
+            batches.close()  # stops the thread, which closes the DuckDB session
         for w in writers.values():
             w.close()
         if progress is not None:
@@ -292,27 +294,6 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
     log.info("training set %s built in %.1f s (get_historical_features %.1f s): %s", version,
              time.perf_counter() - t0, retrieval_s, ", ".join(f"{n} {r:,}" for n, r in manifest["rows"].items()))
     return StagedTrainingSet(stage, out, version, manifest, pending, pool, rendering)
-
-
-class _ReadAhead:
-    """The batches of `iter_batches`, each next one joined on a thread while the caller works on the one before
-    (DuckDB runs with the GIL released), so the join and the split files, gate and report overlap. One batch
-    ahead at most; the generator only ever runs on that thread; `close()` stops it after the batch in flight."""
-
-    def __init__(self, batches: Iterator[pa.Table]):
-        self._batches = batches
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="training-set-join")
-        self._ahead = self._thread.submit(next, batches, None)
-
-    def next(self) -> pa.Table | None:
-        table = self._ahead.result()
-        if table is not None:
-            self._ahead = self._thread.submit(next, self._batches, None)
-        return table
-
-    def close(self) -> None:
-        self._thread.submit(self._batches.close)  # closes the DuckDB session
-        self._thread.shutdown(wait=True)
 
 
 class BatchObserver(Protocol):

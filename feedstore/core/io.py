@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import shutil
 import signal
 import threading
@@ -15,10 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+T = TypeVar("T")
 
 #: Parquet settings shared by every writer: deterministic bytes for the same table.
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
@@ -89,6 +92,53 @@ class ParquetWriters:
             self.close()
         else:  # the block's error wins; still wait, so no file is written after the caller cleans up
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """The same items, produced on a thread of their own at most `depth` ahead of the consumer (an item is
+    produced once fewer than `depth` are waiting; the one in use does not count). For sources that work without
+    the GIL, e.g. DuckDB batches: the next ones are computed while this one is used. The source only ever runs on
+    that thread and is closed there (its `close()`, if it has one) when it ends or the consumer closes this
+    generator; a source's error is raised to the consumer."""
+    ahead: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(depth)
+    stop = threading.Event()
+    end = object()
+
+    def run() -> None:
+        try:
+            source = iter(items)
+            while True:
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                item = next(source, end)
+                ahead.put((item, None))
+                if item is end:
+                    return
+        except BaseException as e:  # handed to the consumer
+            ahead.put((end, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=run, name="feedstore-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ahead.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            slots.release()  # taken: the thread may produce the next one
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def write_json(obj: Any, target: Path) -> None:
@@ -234,10 +284,7 @@ class Publication:
             if name in (".lock", "current", current) or (keep_previous and not name.endswith((".staging", ".trash"))
                                                          and not name.startswith(".")) or name == previous:
                 continue
-            if entry.is_symlink() or entry.is_file():
-                entry.unlink()
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
 
     def _retire_old_versions(self) -> list[Path]:
         """Rename every version but the current one to `<id>.trash` (removed by the caller, or by the next run's
@@ -270,17 +317,22 @@ class Publication:
             os.replace(tmp, link)
 
 
-def _remover(folders: list[Path]) -> threading.Thread | None:
-    """A started thread removing `folders` (files too; None if there are none)."""
-    if not folders:
+def _remove(entry: Path) -> None:
+    """Remove a file, a symlink (not what it points to) or a folder tree."""
+    if entry.is_symlink() or not entry.is_dir():
+        entry.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remover(entries: list[Path]) -> threading.Thread | None:
+    """A started thread removing `entries` (None if there are none)."""
+    if not entries:
         return None
 
     def remove() -> None:
-        for folder in folders:
-            if folder.is_dir() and not folder.is_symlink():
-                shutil.rmtree(folder, ignore_errors=True)
-            else:
-                folder.unlink(missing_ok=True)
+        for entry in entries:
+            _remove(entry)
 
     thread = threading.Thread(target=remove, name="feedstore-retire-versions", daemon=True)
     thread.start()

@@ -58,6 +58,7 @@ from pydantic import StrictInt
 
 from feedstore.core.duck import connect
 from feedstore.core.errors import ServingError
+from feedstore.core.io import read_ahead
 from feedstore.core.logs import redact
 from feedstore.plugins.asof_duckdb import resolve_source_path
 
@@ -188,7 +189,7 @@ class FastMaterializationEngine(LocalComputeEngine):
                              params={"start": _utc(task.start_time), "end": _utc(task.end_time)}
                              ).to_arrow_reader(self.batch_rows)
             layout.check_schema(reader.schema)
-            batches = stack.enter_context(closing(_read_ahead(reader)))
+            batches = stack.enter_context(closing(read_ahead(reader, depth=3)))
             for k, batch in enumerate(batches):
                 if k == 0 and self.verify_rows:
                     layout.verify(batch.slice(0, self.verify_rows))
@@ -281,45 +282,6 @@ def write_partition(batches: Iterator[pa.RecordBatch], *, layout: _Layout, onlin
             read += batch.num_rows
             written += _write_batch(stream, layout, _plain_types(batch), online.key_ttl_seconds, online.skip_dedup)
     yield pa.RecordBatch.from_pydict({"read": [read], "written": [written]}, schema=_COUNTS)
-
-
-def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
-    """The same batches, read on a thread of its own up to `depth` ahead (DuckDB computes without the GIL, so the
-    next batches are produced while this one is encoded); close the generator to stop the thread."""
-    ahead: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def run() -> None:
-        try:
-            for batch in batches:
-                if not put((batch, None)):
-                    return
-            put((None, None))
-        except BaseException as e:  # handed to the consumer
-            put((None, e))
-
-    thread = threading.Thread(target=run, name="feedstore-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            batch, error = ahead.get()
-            if error is not None:
-                raise error
-            if batch is None:
-                return
-            yield batch
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

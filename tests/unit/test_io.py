@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pytest
 
@@ -185,3 +187,44 @@ def test_publication_retires_the_version_before_the_previous_one_when_a_run_begi
     _publish(pub, {"validated/a.parquet": "4"})
     assert _read(tmp_path / "validated") == {"a.parquet": "4"}
     assert not [p for p in pub.versions.iterdir() if p.name.endswith((".trash", ".staging"))]
+
+
+def test_read_ahead_yields_in_order_stays_within_depth_and_closes_the_source_on_its_thread():
+    import threading
+
+    from feedstore.core.io import read_ahead
+
+    produced, closed_on = [], []
+
+    def source():
+        try:
+            for i in range(6):
+                produced.append(i)
+                yield i
+        finally:
+            closed_on.append(threading.current_thread().name)
+
+    batches = read_ahead(source(), depth=2)
+    assert next(batches) == 0
+    deadline = time.monotonic() + 30
+    while len(produced) < 3 and time.monotonic() < deadline:  # the thread runs ahead ...
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert produced == [0, 1, 2]  # ... but only as far as `depth`
+    assert next(batches) == 1
+    batches.close()  # the consumer stops early: the source is closed, on the producing thread
+    assert closed_on == ["feedstore-read-ahead"]
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+
+def test_read_ahead_raises_the_sources_error_to_the_consumer():
+    from feedstore.core.io import read_ahead
+
+    def source():
+        yield 1
+        raise ValueError("bad batch")
+
+    batches = read_ahead(source())
+    assert next(batches) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(batches)
