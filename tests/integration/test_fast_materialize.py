@@ -189,6 +189,9 @@ def test_fast_engine_writes_exactly_what_feasts_engine_writes_to_redis(edge_data
             # the log says how many entities each view read and wrote
             assert re.search(r"materialized item_daily_stats .* \d[\d,]* entities read, \d[\d,]* written",
                              logs["fast"])
+            # a first materialization into an empty database: new keys are RESTOREd (later windows: HSET)
+            for view in VIEWS:
+                assert re.search(rf"materialize {view}: [1-9][\d,]* new keys with RESTORE", logs["fast"]), view
         else:
             for store in stores:
                 store.materialize(start_date=start, end_date=stop)
@@ -260,6 +263,87 @@ def test_fast_engine_key_ttl_and_skip_dedup_match_feast(edge_data, redis_pair, t
         a, b = _dump(redis_pair[0]), _dump(redis_pair[1])
         assert a == b
     assert all(fields[b"(has ttl)"] for fields in b.values())
+
+
+def _flush(urls: list[str]) -> None:
+    for url in urls:
+        host, _, rest = url.partition(":")
+        port, _, n = rest.partition(",db=")
+        redis.Redis(host=host, port=int(port), db=int(n)).flushdb()
+
+
+def test_restore_denied_by_acl_falls_back_to_hset(edge_data, redis_pair, redis_url, tmp_path, monkeypatch, caplog):
+    """A Redis user without RESTORE (a real ACL user on the throwaway server): the probe fails, every view is
+    written with HSET, one log line per view says so and why, and the bytes equal the stock engine's."""
+    from feast import FeatureStore
+
+    data_dir, end = edge_data
+    monkeypatch.setenv("FEEDSTORE_DATA_DIR", str(data_dir))
+    _flush(redis_pair)
+    host, _, port = redis_url.partition(":")
+    admin = redis.Redis(host=host, port=int(port))
+    admin.execute_command("ACL", "SETUSER", "feedstore-norestore", "reset", "on", "nopass", "~*", "+@all", "-restore")
+    try:
+        repos = [_repo(tmp_path, "stock-acl", data_dir, "redis:" + redis_pair[0], fast=False),
+                 _repo(tmp_path, "fast-acl", data_dir, "redis:" + redis_pair[1] + ",username=feedstore-norestore",
+                       fast=True)]
+        for repo, yaml in repos:
+            _feast(repo, yaml, data_dir, "apply")
+        stores = [FeatureStore(repo_path=str(repo), fs_yaml_file=yaml) for repo, yaml in repos]
+        for store in stores:
+            with caplog.at_level("INFO", logger="feedstore.plugins.fast_materialize"):
+                store.materialize(start_date=end - timedelta(days=30), end_date=end)
+        assert _dump(redis_pair[0]) == _dump(redis_pair[1])
+        for view in VIEWS:
+            assert re.search(rf"materialize {view}: 0 new keys with RESTORE, [1-9][\d,]* rows with HSET \(the "
+                             r"RESTORE probe failed: NoPermissionError", caplog.text), view
+        assert "with the fast engine" in caplog.text
+    finally:
+        admin.execute_command("ACL", "DELUSER", "feedstore-norestore")
+
+
+def test_keys_created_between_exists_and_restore_follow_feasts_rule(edge_data, redis_pair, tmp_path, monkeypatch,
+                                                                    caplog):
+    """The BUSYKEY race: the EXISTS check is made to see none of a batch's keys (as if another writer created
+    them right after it), so RESTOREs meet existing keys; those rows are written again the normal way: newer rows
+    win, older rows do not overwrite. The bytes equal the stock engine's after each window."""
+    from feast import FeatureStore
+
+    from feedstore.plugins import fast_materialize as fm
+
+    data_dir, end = edge_data
+    monkeypatch.setenv("FEEDSTORE_DATA_DIR", str(data_dir))
+    _flush(redis_pair)
+    repos = [_repo(tmp_path, name, data_dir, "redis:" + url, fast=fast)
+             for name, url, fast in (("stock-busy", redis_pair[0], False), ("fast-busy", redis_pair[1], True))]
+    for repo, yaml in repos:
+        _feast(repo, yaml, data_dir, "apply")
+    stores = [FeatureStore(repo_path=str(repo), fs_yaml_file=yaml) for repo, yaml in repos]
+    for store in stores:
+        store.materialize(start_date=end - timedelta(days=30), end_date=end - timedelta(days=10))
+    assert _dump(redis_pair[0]) == _dump(redis_pair[1])
+
+    real = fm._RedisStream.newer_than_stored
+
+    def blind(self, seconds, nanos):
+        if not self.any_stored:
+            self.check.read_response()  # the EXISTS count, ignored: the keys "appear" just after it
+            return np.ones(len(seconds), dtype=bool)
+        return real(self, seconds, nanos)
+
+    monkeypatch.setattr(fm._RedisStream, "newer_than_stored", blind)
+    for start, stop in [(end - timedelta(days=30), end), (end - timedelta(days=40), end - timedelta(days=5))]:
+        caplog.clear()
+        for store in stores:
+            with caplog.at_level("INFO", logger="feedstore.plugins.fast_materialize"):
+                store.materialize(start_date=start, end_date=stop)
+        a, b = _dump(redis_pair[0]), _dump(redis_pair[1])
+        assert a.keys() == b.keys()
+        diff = [key for key in a if a[key] != b[key]]
+        assert not diff, f"{len(diff)} keys differ, e.g. {diff[0]!r}: {a[diff[0]]} vs {b[diff[0]]}"
+        for view in VIEWS:
+            assert re.search(rf"materialize {view}: .*[1-9][\d,]* keys created by another writer meanwhile "
+                             r"\(BUSYKEY\)", caplog.text), view
 
 
 def test_sqlite_keeps_feasts_stock_path_with_identical_rows(edge_data, tmp_path, monkeypatch, caplog):
