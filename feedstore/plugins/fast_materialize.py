@@ -12,8 +12,24 @@ is written only if it is newer than what the key already holds (Feast's Redis wr
 unless `skip_dedup`); `key_ttl_seconds` (EXPIRE); view versioning names. Feast's CLI, registry bookkeeping
 (materialization intervals, `serve_features_while_materializing`) stay Feast's: this class only runs the tasks.
 
+Keys that do not exist yet (the batch's one EXISTS says none does: a first materialization) are written as
+`RESTORE key <ttl ms> <payload>` with the hash serialized here in Redis' DUMP format (a listpack, RDB type 16,
+version 10, CRC-64 computed for all rows at once with numpy; see "DUMP payloads" below): redis-server then
+copies one blob instead of inserting 31 fields one by one (~0.10 s of its CPU per 50,000 item hashes against
+~0.44 s for HSET). The payload is exactly the listpack HSET would build (the same fields in the same order, the
+same encoding: checked by DUMP in the tests), so rows HSET would store differently go to HSET: a value that is a
+decimal integer string (Redis keeps it as an integer entry), a value over the server's `hash-max-listpack-value`,
+views over `hash-max-listpack-entries` fields or with colliding field hashes. Once per stream, before the first
+RESTORE, the server's limits are read (CONFIG GET) and a probe restores one of our payloads under a scratch key
+and compares it with an HSET twin (HGETALL in order, OBJECT ENCODING); on any error (older Redis, RESTORE or
+CONFIG denied) or difference the whole run uses HSET. A key another writer creates between the EXISTS and the
+RESTORE fails with BUSYKEY; those rows are written again the normal way (stored `_ts` check, HSET if newer). One
+log line per view says how many keys took each path and why. `restore_new_keys: false` turns RESTORE off.
+
 With the duckdb offline store, the latest-row query runs in DuckDB over the FileSource's Parquet and is streamed
-in batches of `batch_rows`, so memory follows the batch, not the entity count. With the Spark offline store
+in batches of `batch_rows`, so memory follows the batch, not the entity count. For a source laid out as the
+pipeline writes it (`<dir>/date=YYYY-MM-DD/*.parquet`, day D's rows stamped D + 1 day) only the partitions that
+can hold the window's rows are read (`_window_files`). With the Spark offline store
 (feedstore.plugins.spark_offline_store.SparkPitOfflineStore) it runs inside Spark: Spark reads the Parquet and
 picks the latest row per entity (the same order), and every partition of the result is encoded and written by
 its Python worker (`mapInArrow`, batches of `batch_rows`), each connecting to Redis with the online store's
