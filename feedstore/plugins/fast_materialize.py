@@ -306,8 +306,8 @@ def _write_batch(stream: _RedisStream, layout: _Layout, batch: pa.RecordBatch, t
         stream.send(payload, len(rows) + int(rest.sum()) * (2 if ttl else 1), (batch, rows))
         stream.note(layout.name, len(rows), int(rest.sum()))
         return written + batch.num_rows
-    if restore and not skip_dedup and stream.any_stored and stream.restore:
-        stream.note(layout.name, 0, 0, "keys already stored")
+    if restore and stream.restore and (skip_dedup or stream.any_stored):
+        stream.note(layout.name, 0, 0, "skip_dedup: no stored-key check" if skip_dedup else "keys already stored")
     count = int(write.sum())
     if count:
         commands = layout.commands(keys, ts_value, values, ttl)
