@@ -58,7 +58,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -408,34 +407,37 @@ _DAY_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
 def _window_files(con, path: str, start) -> list[str] | None:
     """The Parquet files of a `<dir>/**/*.parquet` source that can hold rows stamped at or after `start`, when
-    every file of it sits in a day partition `<dir>/date=YYYY-MM-DD/` (None otherwise: read the whole glob).
+    everything in `<dir>` is a day partition folder `date=YYYY-MM-DD` (None otherwise: read the whole glob).
 
-    The pipeline writes the row of day D into `date=D/`, stamped D + 1 day 00:00 UTC (ingestion/stats/compute.py,
+    The pipeline writes the rows of day D into `date=D/`, stamped D + 1 day 00:00 UTC (ingestion/stats/compute.py,
     "The contract"), so a partition of a day before start - 1 day holds no row of the window; one more day is kept
     as a margin, later days (and days after the window's end) are all kept. DuckDB then opens the footers of the
-    window's ~30 files, not of every day's (366 at a year of history: ~0.1 s). The files are listed by DuckDB's
-    own glob, so the list is what read_parquet(glob) would read."""
+    window's ~30 files, not of every day's (366 at a year of history: ~0.1 s). The kept partitions' files are
+    listed by DuckDB's own glob (`<dir>/date=D/**/*.parquet`), so they are the files read_parquet(glob) reads
+    there."""
+    import os
     from datetime import date, timedelta
 
     suffix = "/**/*.parquet"
-    if not path.endswith(suffix) or any(c in path[:-len(suffix)] for c in "*?["):
+    root = path[:-len(suffix)]
+    if not path.endswith(suffix) or any(c in root for c in "*?["):
         return None
-    root = Path(path[:-len(suffix)])
-    files = [row[0] for row in con.execute("SELECT file FROM glob($path)", {"path": path}).fetchall()]
     cutoff = (start - timedelta(days=2)).date()
     keep = []
-    for name in files:
-        f = Path(name)
-        day = _DAY_PARTITION.fullmatch(f.parent.name)
-        if f.parent.parent != root or not day:
-            return None
-        try:
-            if date.fromisoformat(day.group(1)) < cutoff:
-                continue
-        except ValueError:
-            return None
-        keep.append(name)
-    return sorted(keep) if keep else None
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                day = _DAY_PARTITION.fullmatch(entry.name)
+                if not day or not entry.is_dir():
+                    return None
+                if date.fromisoformat(day.group(1)) >= cutoff:
+                    keep.append(f"{root}/{entry.name}{suffix}")
+    except (OSError, ValueError):
+        return None
+    if not keep:
+        return None
+    files = con.execute(" UNION ALL ".join(["SELECT file FROM glob(?)"] * len(keep)), keep).fetchall()
+    return sorted(f for (f,) in files) or None
 
 
 def _latest_rows_sql(fv: FeatureView, path: str | list[str]) -> str:
