@@ -1018,10 +1018,15 @@ class _Layout:
         if n == 0:
             return b""
         fields = [_lp_entry(self.ts_field), *[_lp_entry(f) for f in self.fields]]
-        size = 4 + 2 + sum(map(len, fields)) + 1  # the listpack: header, constant entries, end byte
-        entries = [_lp_entries(*piece) for piece in [ts_value, *values]]
-        for _, lens in entries:
-            size = size + lens
+        size = np.full(n, 4 + 2 + sum(map(len, fields)) + 1)  # the listpack: header, field entries, end byte
+        entries = []  # (matrix, lengths, one length in every row: header and backlen constants, the usual case)
+        for mat, lens in [ts_value, *values]:
+            if lens.min() == lens.max():
+                entries.append((mat, lens, True))
+                size += len(_lp_entry(b"\0" * int(lens[0])))
+            else:
+                entries.append((*_lp_entries(mat, lens), False))
+                size += entries[-1][1]
         rdb_len = _rdb_lens(size)
         payload = 1 + rdb_len[1] + size + 2  # type, length, listpack, RDB version: what the CRC covers
         r = _Rows(n)
@@ -1038,9 +1043,12 @@ class _Layout:
         head[:, :4] = size.astype("<u4").view(np.uint8).reshape(n, 4)
         head[:, 4:] = np.frombuffer(struct.pack("<H", 2 * len(fields)), dtype=np.uint8)
         r.ragged(head, np.full(n, 6))
-        for field, entry in zip(fields, entries, strict=True):
+        for field, (mat, lens, uniform) in zip(fields, entries, strict=True):
             r.const(field)
-            r.ragged(*entry)
+            if uniform:
+                r.lp_entry(mat, lens)
+            else:
+                r.ragged(mat, lens)
         r.const(_RDB_FOOTER + b"\0" * 8 + b"\r\n")  # the CRC's 8 bytes are written below
         width = -(-int(payload.max()) // 8) * 8
         buf, starts, total = r.tobuffer(lead=width)
