@@ -74,6 +74,10 @@ def _edge_rows(view: str, schema: pa.Schema, end: datetime) -> list[dict]:
         else:
             values.update(user_id=10**6 + k % 3, item_id=10**6 + k)
         rows.append(row(ts, **values))
+        # the same values for other entities 20 days back: in the first window, so the first materialization
+        # (RESTORE of new keys) meets every edge value too, long float lists included
+        ids = {key: values[key] + 100 for key in ("user_id", "item_id") if key in values}
+        rows.append(row(end - 20 * day + timedelta(microseconds=123_457 * k), **{**values, **ids}))
         # an older row of the same entity, and one after the window's end: neither may win
         rows.append(row(ts - 3 * day, **{**values, **{n: 999 for n in ints}}))
         rows.append(row(end + day, **{**values, **{n: 777 for n in ints}}))
@@ -129,7 +133,8 @@ def _feast(repo: Path, yaml: Path, data_dir: Path, *args: str) -> str:
 
 
 def _dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
-    """Every key of one Redis database with all its hash fields (HGETALL), and whether it has a TTL."""
+    """Every key of one Redis database with all its hash fields (HGETALL), whether it has a TTL, and its DUMP
+    (the hash's internal encoding and field order too: RESTOREd keys must be what HSET makes)."""
     host, _, rest = url.partition(":")
     port, _, db = rest.partition(",db=")
     client = redis.Redis(host=host, port=int(port), db=int(db))
@@ -138,8 +143,10 @@ def _dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
     for k in keys:
         pipe.hgetall(k)
         pipe.ttl(k)
+        pipe.dump(k)
     replies = pipe.execute()
-    return {k: {**replies[2 * i], b"(has ttl)": replies[2 * i + 1] > 0} for i, k in enumerate(keys)}
+    return {k: {**replies[3 * i], b"(has ttl)": replies[3 * i + 1] > 0, b"(dump)": replies[3 * i + 2]}
+            for i, k in enumerate(keys)}
 
 
 def _latest_counts(data_dir: Path, start: datetime, end: datetime) -> dict[str, int]:
