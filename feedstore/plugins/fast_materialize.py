@@ -287,6 +287,8 @@ def _write_batch(stream: _RedisStream, layout: _Layout, batch: pa.RecordBatch, t
     `skip_dedup`); returns the number of rows written. While none of the batch's keys exists (EXISTS), the rows
     `restore_mode` allows are sent as RESTOREs, the rest as HSETs (restore False: HSET only)."""
     written = _write_busy(stream, layout, ttl, skip_dedup) if restore else 0
+    if batch.num_rows == 0:
+        return written
     keys = layout.entity_keys(batch)
     seconds, nanos, ts_value = layout.event_timestamps(batch)
     if not skip_dedup:
