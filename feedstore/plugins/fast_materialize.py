@@ -250,7 +250,7 @@ class FastMaterializationEngine(LocalComputeEngine):
         body = partial(write_partition, layout=layout, online=cfg.online_store, batch_rows=self.batch_rows,
                        restore=self.restore_new_keys)
         try:
-            counts = rows.mapInArrow(body, "read long, written long").collect()
+            counts = rows.mapInArrow(body, "read long, written long, restored long, hset long, why string").collect()
         except Exception as e:  # py4j wraps the worker's error in pages of JVM text: keep the Python error's line
             line = _last_error(e)
             if re.match(r"(redis\.exceptions\.\w+|\w*ConnectionError|\w*TimeoutError|ConnectionRefusedError)\b", line):
@@ -259,6 +259,10 @@ class FastMaterializationEngine(LocalComputeEngine):
             raise RuntimeError(f"materialize {fv.name} on Spark: a write task failed: {line}") from None
         read, written = sum(c["read"] for c in counts), sum(c["written"] for c in counts)
         dt = time.perf_counter() - t0
+        why = list(dict.fromkeys(w for c in counts for w in (c["why"] or "").split("; ") if w))
+        log.info("materialize %s on Spark: %s new keys with RESTORE, %s rows with HSET%s", fv.name,
+                 f"{sum(c['restored'] for c in counts):,}", f"{sum(c['hset'] for c in counts):,}",
+                 f" ({'; '.join(why)})" if why else "")
         log.info("materialized %s [%s, %s] with the fast engine on Spark (%d partitions): %s entities read, %s "
                  "written, %s already newer online, in %.2f s (%s entities/s)", fv.name, task.start_time.isoformat(),
                  task.end_time.isoformat(), len(counts), f"{read:,}", f"{written:,}", f"{read - written:,}", dt,
@@ -266,7 +270,8 @@ class FastMaterializationEngine(LocalComputeEngine):
 
 
 SPARK_STORE_TYPE = "feedstore.plugins.spark_offline_store.SparkPitOfflineStore"
-_COUNTS = pa.schema([("read", pa.int64()), ("written", pa.int64())])
+_COUNTS = pa.schema([("read", pa.int64()), ("written", pa.int64()), ("restored", pa.int64()), ("hset", pa.int64()),
+                     ("why", pa.string())])
 
 
 def _last_error(e: Exception) -> str:
@@ -339,7 +344,8 @@ def write_partition(batches: Iterator[pa.RecordBatch], *, layout: _Layout, onlin
                     restore: bool = True) -> Iterator[pa.RecordBatch]:
     """`mapInArrow` body, run by a Spark Python worker over one partition of latest rows: encode and write them to
     Redis (the online store's connection string, parsed by Feast's own code) in batches of `batch_rows`; yield
-    one row (read, written). Connects only if the partition has rows."""
+    one row (read, written, and the write paths: keys restored, rows HSET, why HSET). Connects only if the
+    partition has rows."""
     read = written = 0
     client = None
     with ExitStack() as stack:
@@ -352,7 +358,10 @@ def write_partition(batches: Iterator[pa.RecordBatch], *, layout: _Layout, onlin
             written += _write_batch(stream, layout, _plain_types(batch), online.key_ttl_seconds, online.skip_dedup)
         if client is not None:
             written += _write_end(stream, layout, online.key_ttl_seconds, online.skip_dedup)
-    yield pa.RecordBatch.from_pydict({"read": [read], "written": [written]}, schema=_COUNTS)
+    path = stream.paths.get(layout.name, {}) if client is not None else {}
+    yield pa.RecordBatch.from_pydict({"read": [read], "written": [written], "restored": [path.get("restored", 0)],
+                                      "hset": [path.get("hset", 0)], "why": ["; ".join(path.get("why", []))]},
+                                     schema=_COUNTS)
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
