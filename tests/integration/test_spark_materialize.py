@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, pipeline_config, start_redis_server
-from tests.integration.test_fast_materialize import FMT, _dump, _feast, _latest_counts, _per_view, _repo
+from tests.integration.test_fast_materialize import FMT, VIEWS, _dump, _feast, _latest_counts, _per_view, _repo
 from tests.integration.test_fast_materialize import edge_data as edge_data  # a fixture: shared, not redefined
 
 
@@ -75,6 +75,9 @@ def test_spark_engine_writes_exactly_what_feasts_engine_writes(spark, edge_data,
         assert len(re.findall(r"with the fast engine on Spark \(\d+ partitions\): \d[\d,]* entities read, "
                               r"\d[\d,]* written", caplog.text)) == 3, caplog.text
         assert "stock engine" not in caplog.text
+        if start == windows[0][0] and stop == windows[0][1]:  # the executors RESTOREd the new keys
+            for view in VIEWS:
+                assert re.search(rf"materialize {view} on Spark: [1-9][\d,]* new keys with RESTORE", caplog.text)
         a, b = _dump(urls[0]), _dump(urls[1])
         assert a.keys() == b.keys()
         assert not _diff(a, b), _diff(a, b)
