@@ -299,6 +299,10 @@ class ValidationConfig(_Strict):
     chunk_rows: int = Field(
         2_000_000, ge=10_000, description="Rows validated per GX batch; bounds memory at any input size."
     )
+    duckdb_memory_limit: str = Field(
+        "2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$",
+        description="DuckDB's memory for the repeated-key pass over all selected files (it spills beyond that).",
+    )
     example_rows: int = Field(5, ge=0, le=100, description="Offending example rows kept per expectation in reports.")
     docs_history: int = Field(
         20, ge=1, le=10_000, description="Data Docs keep the newest this many validation runs of each suite."

@@ -3,6 +3,8 @@ repeated keys across files."""
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -102,9 +104,17 @@ def schema_types(schema: pa.Schema) -> dict[str, str]:
     return {f.name: "small_int" for f in schema if pa.types.is_integer(f.type) and f.type.bit_width < 64}
 
 
-def _non_first_rows(files: list[Path]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Across all files: rows that repeat an earlier interaction_id / (user, item, timestamp), per file path."""
-    con = duck.connect()
+def _non_first_rows(files: list[Path], memory_limit: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Across all files: rows that repeat an earlier interaction_id / (user, item, timestamp), per file path.
+    DuckDB holds at most `memory_limit` for it (grouping 100M keys took ~15 GiB without a limit) and spills the
+    rest to a private temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="feedstore-validate-") as spill, closing(duck.connect()) as con:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET temp_directory = '{spill}'")
+        return _non_first_rows_with(con, files)
+
+
+def _non_first_rows_with(con, files: list[Path]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     src = "read_parquet($files, filename = true, file_row_number = true)"
     params = {"files": [str(f) for f in files]}
 

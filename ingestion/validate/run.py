@@ -75,7 +75,7 @@ def validate_events(cfg: PipelineConfig, *, start: date | None = None, end: date
         # DuckDB finds the repeated keys across files on a side thread (it releases the GIL and imports nothing)
         # while this thread imports GX and validates users and items
         with ThreadPoolExecutor(1, thread_name_prefix="validate-keys") as side:
-            repeats = side.submit(_non_first_rows, [f for p in parts for f in p.files])
+            repeats = side.submit(_non_first_rows, [f for p in parts for f in p.files], v.duckdb_memory_limit)
             runner = GXRunner(Catalog(data_dir).data_docs, example_rows=v.example_rows, history=v.docs_history)
             users_res, users = _validate_entity(runner, cfg, "users", Catalog(data_dir).raw_users, USERS_SCHEMA,
                                                 "user_id", ex.users_suite(cfg), stage)
