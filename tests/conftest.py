@@ -64,7 +64,9 @@ def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's `--dist loadfile`, except that the SPARK_MODULES are one unit of work: one worker runs them all,
     so one JVM and Spark session serves them (each worker started its own before: ~20-30 s of CPU and ~1 GiB more on
     a 2-core machine). Every other module goes whole to one worker, as with loadfile (module-scoped data is built
-    once), in collection order with --no-loadscope-reorder."""
+    once), in collection order with --no-loadscope-reorder. Another `--dist` on the command line gets xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
     from xdist.scheduler import LoadFileScheduling
 
     class ModulesSparkTogether(LoadFileScheduling):
