@@ -426,7 +426,6 @@ def _window_files(con, path: str, start) -> list[str] | None:
     window's ~30 files, not of every day's (366 at a year of history: ~0.1 s). The kept partitions' files are
     listed by DuckDB's own glob (`<dir>/date=D/**/*.parquet`), so they are the files read_parquet(glob) reads
     there."""
-    import os
     from datetime import date, timedelta
 
     suffix = "/**/*.parquet"
