@@ -26,7 +26,7 @@ from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import FEATURE_TS_PREFIX, TRAINING_KEYS, TRAINING_LABELS
 from feedstore.core.errors import ColdStart, ValidationFailed
-from feedstore.core.gx import TABLE, GXRunner, expectation, suite, summary_table
+from feedstore.core.gx import TABLE, GXRunner, expectation, preload, suite, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class TrainingSetGate:
         self._missing_warm = np.zeros(len(features), np.int64) if features is not None else None
         self._folds: list[pd.DataFrame] = []
         self.first_snapshot = first_snapshot(cfg)  # epoch microseconds, or None: no statistics at all
+
+    def start(self) -> None:
+        """The build has begun its join: GX is imported while the build would only wait for the first batch."""
+        preload()
 
     def add(self, table: pa.Table, split: np.ndarray) -> None:
         """Fold one batch of joined rows (and their split labels) in."""

@@ -37,34 +37,50 @@ SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
     """Population stability index of `actual` against `expected` (quantile bins of `expected`; nulls ignored)."""
-    e, a = expected[~np.isnan(expected)], actual[~np.isnan(actual)]
-    if not len(e) or not len(a):
-        return None
-    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 2:  # constant in the reference: stable iff constant at the same value
-        return 0.0 if np.all(a == edges[0]) else float("inf")
-    edges[0], edges[-1] = -np.inf, np.inf
-    pe = np.histogram(e, edges)[0] / len(e)
-    pa_ = np.histogram(a, edges)[0] / len(a)
-    pe, pa_ = np.clip(pe, 1e-6, None), np.clip(pa_, 1e-6, None)
-    return float(np.sum((pa_ - pe) * np.log(pa_ / pe)))
+    return Reference(expected, bins).psi(actual)
 
 
 def psi_or_reason(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> tuple[float | None, str | None]:
     """PSI, or None and why it would mislead: when the reference's quantile bins collapse (binary or mostly-one-value
     features: fewer than half of the `bins` remain), a PSI near 0 says nothing about drift."""
-    e, a = expected[~np.isnan(expected)], actual[~np.isnan(actual)]
-    if not len(e) or not len(a):
-        return None, "no non-null values"
-    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)))
-    if len(edges) - 1 < bins / 2:
-        values, counts = np.unique(e, return_counts=True)
-        top = counts.argmax()
-        kind = "binary" if len(values) <= 2 else f"{len(values)} distinct values" if len(values) <= bins else (
-            "mostly one value")
-        return None, (f"{kind}: {len(edges) - 1} of {bins} quantile bins left ({counts[top] / len(e):.0%} of train "
-                      f"is {values[top]:g})")
-    return psi(expected, actual, bins), None
+    return Reference(expected, bins).psi_or_reason(actual)
+
+
+class Reference:
+    """A reference distribution (train) for PSI: its non-null values and quantile bin edges, computed once however
+    many splits are compared with it (the report compares val and test)."""
+
+    def __init__(self, expected: np.ndarray, bins: int = PSI_BINS):
+        self.bins = bins
+        self.values = expected[~np.isnan(expected)]
+        self.edges = (np.unique(np.quantile(self.values, np.linspace(0, 1, bins + 1))) if len(self.values)
+                      else np.empty(0))
+
+    def psi(self, actual: np.ndarray) -> float | None:
+        e, a = self.values, actual[~np.isnan(actual)]
+        if not len(e) or not len(a):
+            return None
+        if len(self.edges) < 2:  # constant in the reference: stable iff constant at the same value
+            return 0.0 if np.all(a == self.edges[0]) else float("inf")
+        edges = self.edges.copy()
+        edges[0], edges[-1] = -np.inf, np.inf
+        pe = np.histogram(e, edges)[0] / len(e)
+        pa_ = np.histogram(a, edges)[0] / len(a)
+        pe, pa_ = np.clip(pe, 1e-6, None), np.clip(pa_, 1e-6, None)
+        return float(np.sum((pa_ - pe) * np.log(pa_ / pe)))
+
+    def psi_or_reason(self, actual: np.ndarray) -> tuple[float | None, str | None]:
+        e, bins = self.values, self.bins
+        if not len(e) or not np.any(~np.isnan(actual)):
+            return None, "no non-null values"
+        if len(self.edges) - 1 < bins / 2:
+            values, counts = np.unique(e, return_counts=True)
+            top = counts.argmax()
+            kind = "binary" if len(values) <= 2 else f"{len(values)} distinct values" if len(values) <= bins else (
+                "mostly one value")
+            return None, (f"{kind}: {len(self.edges) - 1} of {bins} quantile bins left ({counts[top] / len(e):.0%} "
+                          f"of train is {values[top]:g})")
+        return self.psi(actual), None
 
 
 QUANTILE_SAMPLE = 200_000
@@ -149,7 +165,7 @@ def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
             stats[name][f] = {**summary.stats(name, j), "quantiles": dict(zip(
                 [f"p{int(p * 100):02d}" for p in QUANTILES], [float(v) for v in np.quantile(q, QUANTILES)],
                 strict=True)) if len(q) else {}}
-    train = {f: samples["train"][f].to_numpy(dtype=np.float64, na_value=np.nan) for f in features}
+    train = {f: Reference(samples["train"][f].to_numpy(dtype=np.float64, na_value=np.nan)) for f in features}
     drift: dict[str, dict[str, float | None]] = {}
     not_applicable: dict[str, str] = {}
     for target in ("val", "test"):
@@ -157,8 +173,8 @@ def feature_report(summary: FeatureSummary, out: Path, plots: bool = True,
             continue
         drift[target] = {}
         for f in features:
-            drift[target][f], reason = psi_or_reason(
-                train[f], samples[target][f].to_numpy(dtype=np.float64, na_value=np.nan))
+            drift[target][f], reason = train[f].psi_or_reason(
+                samples[target][f].to_numpy(dtype=np.float64, na_value=np.nan))
             if reason:
                 not_applicable[f] = reason
     expected_drift = {f: note for f in features for pattern, note in EXPECTED_DRIFT[::-1] if pattern.search(f)}
