@@ -1,8 +1,8 @@
 """Benchmark the two engines (`--engine duckdb | spark`): `feedstore validate`, `feedstore stats` and
 `feedstore training-set` at 1M events.
 
-Run:  .venv/bin/python bench/engines.py [--events 1000000] [--master local[2]] [--stages validate,stats,training-set]
-      [--engines duckdb,spark] [--out bench/out]
+Run:  .venv/bin/python bench/engines.py [--events 1000000] [--master local[2]] [--driver-memory 6g]
+      [--stages validate,stats,training-set] [--engines duckdb,spark] [--out bench/out]
 The events are generated once (not timed). Each stage then runs in a fresh `feedstore` process per engine, so
 the numbers include process start-up, imports and, for Spark, starting the JVM and the session (what a user
 sees on one machine). Reported per run: wall time, CPU time (user + system, summed over the process tree: the
@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--master", default="local[2]", help="Spark master of the spark runs")
+    parser.add_argument("--driver-memory", help="spark.driver_memory of the spark runs (default: the config's)")
     parser.add_argument("--stages", default="validate,stats",
                         help="comma-separated, in pipeline order: validate, stats, training-set")
     parser.add_argument("--engines", default="duckdb,spark",
@@ -81,7 +82,8 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     config = args.out / "spark.yaml"
-    config.write_text(f"spark:\n  master: '{args.master}'\n")
+    config.write_text(f"spark:\n  master: '{args.master}'\n"
+                      + (f"  driver_memory: '{args.driver_memory}'\n" if args.driver_memory else ""))
     src = args.out / "raw-src"
     env = {**os.environ, "FEEDSTORE_DATA_DIR": str(src)}
     env.pop("FEEDSTORE_CONFIG", None)
