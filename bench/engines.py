@@ -23,39 +23,11 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from measure import start_redis  # noqa: E402
-
-
-def run_tree(cmd: list[str], env: dict[str, str], interval: float = 0.1) -> tuple[float, float, float, int, str]:
-    """Run `cmd`; return (wall s, CPU s of its process tree, peak summed RSS MiB, exit code, stderr tail)."""
-    import psutil
-
-    with tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        parent, peak, cpu = psutil.Process(proc.pid), 0, {}
-        while proc.poll() is None:
-            try:
-                tree = [parent, *parent.children(recursive=True)]
-                rss = 0
-                for p in tree:
-                    with p.oneshot():
-                        rss += p.memory_info().rss
-                        t = p.cpu_times()
-                        cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
-                peak = max(peak, rss)
-            except psutil.Error:
-                pass
-            time.sleep(interval)
-        wall = time.perf_counter() - t0
-        err.seek(0)
-        return wall, sum(cpu.values()), peak / 2**20, proc.returncode, err.read()[-3000:]
+from measure import start_redis, watch_tree  # noqa: E402
 
 
 def main() -> None:
@@ -89,8 +61,8 @@ def main() -> None:
     env.pop("FEEDSTORE_CONFIG", None)
     env.pop("FEEDSTORE_ENGINE", None)
     feedstore = [sys.executable, "-m", "feedstore", "--config", str(config), "--log-level", "WARNING"]
-    _, _, _, rc, err = run_tree([*feedstore, "generate", "--interactions", str(args.events), "--no-report"], env)
-    assert rc == 0, f"generation failed: {err}"
+    _, _, _, rc, err = watch_tree([*feedstore, "generate", "--interactions", str(args.events), "--no-report"], env)
+    assert rc == 0, f"generation failed: {err[-3000:]}"
     copied = ["raw"]
     # inputs the measured stages need and nobody measures: computed once, untimed, on DuckDB, before the copies
     # (stats after a measured validate is computed per engine below, from that engine's validated data)
@@ -98,8 +70,8 @@ def main() -> None:
     prepared += ["stats"] if "training-set" in wanted and not {"validate", "stats"} & set(wanted) else []
     for stage in prepared:  # inputs of the measured stages, computed once, untimed, on DuckDB
         cmd = ["validate", "--as-of", "2026-01-01"] if stage == "validate" else ["stats"]
-        _, _, _, rc, err = run_tree([*feedstore, *cmd], env)
-        assert rc == 0, f"{stage} failed: {err}"
+        _, _, _, rc, err = watch_tree([*feedstore, *cmd], env)
+        assert rc == 0, f"{stage} failed: {err[-3000:]}"
         copied.append("validated" if stage == "validate" else "offline")
     redis = None
     if "training-set" in wanted:
@@ -118,13 +90,13 @@ def main() -> None:
                       "training-set": ["training-set", "--version", "bench", *store]}
             for name in wanted:
                 if name == "training-set" and "validate" in wanted and "stats" not in wanted:
-                    _, _, _, rc, err = run_tree([*feedstore, "--engine", engine, "stats"], run_env)  # untimed
-                    assert rc == 0, f"{engine} stats failed: {err}"
+                    _, _, _, rc, err = watch_tree([*feedstore, "--engine", engine, "stats"], run_env)  # untimed
+                    assert rc == 0, f"{engine} stats failed: {err[-3000:]}"
                 if name == "training-set":  # the registry first (untimed)
-                    _, _, _, rc, err = run_tree([*feedstore, "--engine", engine, "apply", *store], run_env)
-                    assert rc == 0, f"{engine} apply failed: {err}"
-                wall, cpu, peak, rc, err = run_tree([*feedstore, "--engine", engine, *stages[name]], run_env)
-                assert rc == 0, f"{engine} {name} failed: {err}"
+                    _, _, _, rc, err = watch_tree([*feedstore, "--engine", engine, "apply", *store], run_env)
+                    assert rc == 0, f"{engine} apply failed: {err[-3000:]}"
+                wall, cpu, peak, rc, err = watch_tree([*feedstore, "--engine", engine, *stages[name]], run_env)
+                assert rc == 0, f"{engine} {name} failed: {err[-3000:]}"
                 where = f"Spark {args.master}" if engine == "spark" else "DuckDB"
                 print(f"{args.events:,} events  {name:12s} {where:16s} wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
                       f"peak RSS {peak:6.0f} MiB", flush=True)

@@ -11,24 +11,39 @@ import time
 from pathlib import Path
 
 
-def run_tree(cmd: list[str], env: dict[str, str] | None = None,
-             interval: float = 0.05) -> tuple[float, float, int, str]:
-    """Run `cmd`; return (wall seconds, peak summed RSS of its process tree in MiB, exit code, stderr)."""
+def watch_tree(cmd: list[str], env: dict[str, str] | None = None,
+               interval: float = 0.05) -> tuple[float, float, float, int, str]:
+    """Run `cmd`; return (wall seconds, CPU seconds of its process tree, peak summed RSS of the tree in MiB, exit
+    code, stderr). CPU is user + system per process as last sampled, summed: a child that lives less than
+    `interval` may be missed (the stages measured here run for seconds)."""
     import psutil
 
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty child can never block on it
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        parent, peak = psutil.Process(proc.pid), 0
+        parent, peak, cpu = psutil.Process(proc.pid), 0, {}
         while proc.poll() is None:
             try:
-                peak = max(peak, sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]))
+                rss = 0
+                for p in [parent, *parent.children(recursive=True)]:
+                    with p.oneshot():
+                        rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
+                peak = max(peak, rss)
             except psutil.Error:
                 pass
             time.sleep(interval)
         wall = time.perf_counter() - t0
         err.seek(0)
-        return wall, peak / 2**20, proc.returncode, err.read()
+        return wall, sum(cpu.values()), peak / 2**20, proc.returncode, err.read()
+
+
+def run_tree(cmd: list[str], env: dict[str, str] | None = None,
+             interval: float = 0.05) -> tuple[float, float, int, str]:
+    """Run `cmd`; return (wall seconds, peak summed RSS of its process tree in MiB, exit code, stderr)."""
+    wall, _, peak, returncode, stderr = watch_tree(cmd, env, interval)
+    return wall, peak, returncode, stderr
 
 
 def free_port() -> int:
