@@ -36,11 +36,12 @@ ROW, TABLE = "row", "table"
 def preload() -> None:
     """Import Great Expectations now (~1-2.5 s): for a caller that would otherwise wait idle (e.g. for a join) and
     validates later."""
-    import great_expectations.expectations  # noqa: F401
+    gx_fast.load()
 
 
 def expectation(cls_name: str, rule: str, level: str = ROW, **kwargs: Any):
     """Build a GX expectation tagged with its rule name and level (row = warning, table = critical)."""
+    gx_fast.load()
     import great_expectations.expectations as gxe
 
     if level not in (ROW, TABLE):
@@ -53,6 +54,7 @@ def expectation(cls_name: str, rule: str, level: str = ROW, **kwargs: Any):
 
 def suite(name: str, expectations: list) -> Any:
     """An ExpectationSuite from tagged expectations; rule names must be unique within a suite."""
+    gx_fast.load()
     import great_expectations as gx
 
     names = [e.meta["rule"] for e in expectations]
@@ -117,9 +119,8 @@ class GXRunner:
     """One ephemeral GX context per stage run; validates DataFrames and builds Data Docs."""
 
     def __init__(self, docs_dir: Path | None = None, example_rows: int = 5, history: int = 20):
+        gx_fast.apply()  # imports GX first (gx_fast.load)
         import great_expectations as gx
-
-        gx_fast.apply()
 
         # GX sets INFO on some of its own loggers at import: quiet every one of them
         for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:

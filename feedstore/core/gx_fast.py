@@ -14,15 +14,55 @@
    the whole frame by a column's non-null mask for every metric of every row rule (`df[df[col].notnull()]`), and
    without Copy-on-Write an all-true mask returns a deep copy of every column. Under it the copy is lazy, and GX
    only reads the frames it filters, so every metric, count and index list is the same (tests compare them).
+4. `without_spark()`: Great Expectations imports pyspark whenever it is installed (the `spark` extra), pyspark's
+   Spark Connect modules included (~0.2 s and ~50 MB). A process that declares it never validates on Spark (the
+   CLI on the DuckDB engine: one engine per process) gets GX imported by `load()` with pyspark hidden, as if the
+   extra were not installed: GX's Spark support is then off in that process, and the DuckDB path loads no
+   pyspark. pyspark itself still imports normally afterwards (e.g. for Feast's Spark offline store).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 _applied = False
+_spark_hidden = False  # without_spark() was called (and not undone)
+_loaded_without_spark = False  # GX was imported with pyspark hidden: its Spark support is off in this process
+
+
+def without_spark(hidden: bool = True) -> None:
+    """Declare that this process never validates on Spark: `load()` then imports GX with pyspark hidden (item 4).
+    `without_spark(False)` undoes the declaration (for an in-process caller of the CLI); a GX already imported
+    stays as it was imported."""
+    global _spark_hidden
+    _spark_hidden = hidden
+
+
+def spark_available() -> bool:
+    """False if GX was imported with pyspark hidden: validating on Spark then needs a process of its own."""
+    return not _loaded_without_spark
+
+
+def load() -> None:
+    """Import Great Expectations (a no-op once it is): with pyspark hidden from it if `without_spark()` was called
+    before and pyspark is not loaded yet. Every GX entry point of feedstore calls this first."""
+    if "great_expectations.expectations" in sys.modules:
+        return
+    if not _spark_hidden or "pyspark" in sys.modules:
+        import great_expectations.expectations  # noqa: F401
+        return
+    global _loaded_without_spark
+    sys.modules["pyspark"] = None  # type: ignore[assignment]  # `import pyspark...` raises ImportError meanwhile
+    try:
+        import great_expectations.expectations  # noqa: F401
+
+        _loaded_without_spark = True
+    finally:
+        if "pyspark" in sys.modules and sys.modules["pyspark"] is None:
+            del sys.modules["pyspark"]
 
 
 def apply() -> None:
@@ -30,6 +70,7 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    load()
     from great_expectations.exceptions import InvalidExpectationKwargsError
     from great_expectations.execution_engine import pandas_execution_engine
     from great_expectations.expectations.expectation import Expectation

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from feedstore.core import gx_fast
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import (
     ENV_CONFIG,
@@ -49,6 +50,8 @@ class Globals:
         merged = {"data_dir": self.data_dir, "log_level": self.log_level, "engine": self.engine, **(overrides or {})}
         cfg = load_config(self.config, preset=self.preset, overrides=merged)
         configure_logging(cfg.log_level)
+        if cfg.engine == "duckdb":  # one engine per process: GX never runs on Spark here, so it loads no pyspark
+            gx_fast.without_spark()
         Catalog(cfg.data_dir)  # a data dir that is a file fails here, in one line
         return cfg
 
@@ -416,20 +419,23 @@ def main(argv: list[str] | None = None) -> None:
     # see bench/RESULTS.md). Freezing them at exit skips that final pass; atexit handlers and flushing still run.
     atexit.register(gc.freeze)
     try:
-        cli.main(args=argv, prog_name="feedstore", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("feedstore: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except FeedstoreError as e:
-        click.echo(redact(f"feedstore: error: {e}"), err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("feedstore: interrupted", err=True)
-        sys.exit(130)
-    sys.exit(0)
+        try:
+            cli.main(args=argv, prog_name="feedstore", standalone_mode=False)
+        except click.exceptions.Abort:
+            click.echo("feedstore: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except FeedstoreError as e:
+            click.echo(redact(f"feedstore: error: {e}"), err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("feedstore: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(0)
+    finally:  # the DuckDB engine's GX without Spark is this command's setting, not an in-process caller's
+        gx_fast.without_spark(False)
 
 
 _GLOBAL_OPTIONS = ("--config", "--data-dir", "--preset", "--log-level")

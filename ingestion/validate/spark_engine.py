@@ -41,11 +41,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedstore.core import gx_fast
 from feedstore.core.catalog import Catalog
 from feedstore.core.config import PipelineConfig
 from feedstore.core.contracts import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
 from feedstore.core.docs import run_record
-from feedstore.core.errors import InputDataError
+from feedstore.core.errors import ConfigError, InputDataError
 from feedstore.core.gx import TABLE, GXRunner, RuleOutcome, _jsonable, _notes
 from feedstore.core.io import write_parquet
 from feedstore.core.progress import Progress
@@ -75,6 +76,9 @@ class SparkGXRunner(GXRunner):
 
     def __init__(self, docs_dir: Path | None = None, example_rows: int = 5, history: int = 20):
         super().__init__(docs_dir, example_rows, history)
+        if not gx_fast.spark_available():
+            raise ConfigError("Great Expectations was loaded without Spark support in this process (a DuckDB-engine "
+                              "command ran in it first): validate on Spark in a process of its own")
         self.spark_source = self.context.data_sources.add_spark("feedstore_spark")
         self._spark_assets: dict[str, Any] = {}
 

@@ -65,3 +65,43 @@ def test_skip_generate_takes_the_raw_data_as_it_is(faulty_run, tmp_path):
     res = feedstore("run", "--skip-generate", "--data-dir", str(data), cwd=tmp_path)
     assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1
     assert "the raw data covers 2024-02-01.." in res.stderr and "the config says 2024-01-01..2024-12-31" in res.stderr
+
+
+#: Runs the CLI in this interpreter, then prints which of these modules the process loaded (stderr, last line).
+#: Run as a script file, never `python -c`: pyspark.sql.connect takes a `__main__` without a file for a doctest run
+#: of its own and exits the process with 0 while Great Expectations imports it.
+_CLI_THEN_MODULES = """
+import json, sys
+from feedstore.shell.cli import main
+code = None
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"rc": code, "pyspark": "pyspark" in sys.modules,
+                  "gx": "great_expectations.expectations" in sys.modules}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("engine_env", [{}, {"FEEDSTORE_ENGINE": "duckdb"}])
+def test_the_duckdb_cli_loads_no_pyspark_even_through_great_expectations(faulty_run, tmp_path, engine_env):
+    """GX imports pyspark whenever it is installed (`make test` installs the spark extra); on the DuckDB engine the
+    CLI has GX import without it (feedstore.core.gx_fast.without_spark), so validate and stats run, their gates
+    included, with no pyspark in the process."""
+    import json
+    import shutil
+
+    data, _ = faulty_run
+    shutil.copytree(data / "raw", tmp_path / "d" / "raw")
+    env = {k: v for k, v in os.environ.items() if k not in ("FEEDSTORE_CONFIG", "FEEDSTORE_DATA_DIR",
+                                                            "FEEDSTORE_ENGINE")}
+    script = tmp_path / "cli_then_modules.py"
+    script.write_text(_CLI_THEN_MODULES)
+    for stage in (["validate", "--end", "2024-02-29"], ["stats", "--end", "2024-02-29"]):
+        res = subprocess.run([sys.executable, str(script), "--log-level", "WARNING", "--data-dir",
+                              str(tmp_path / "d"), *stage], cwd=tmp_path, env={**env, **engine_env},
+                             capture_output=True, text=True, timeout=1200)
+        loaded = json.loads(res.stderr.strip().splitlines()[-1])
+        assert loaded["rc"] in (0, None), res.stderr[-3000:]
+        assert loaded["gx"], "the stage's gate ran on Great Expectations"
+        assert not loaded["pyspark"], f"{stage[0]} on DuckDB loaded pyspark"

@@ -114,3 +114,36 @@ def test_gx_fast_finds_what_stock_gx_finds(tmp_path):
     assert sum(1 for s in stock["found"] if not s["success"]) >= 6
     # stock GX fingerprints the frame twice per validation (a digest nothing of ours reads); the runner never does
     assert len(stock["fingerprints"]) == 2 and fast["fingerprints"] == []
+
+
+WITHOUT_SPARK = r"""
+import sys
+from feedstore.core import gx_fast
+from feedstore.core.errors import ConfigError
+gx_fast.without_spark()
+gx_fast.load()
+assert "great_expectations.expectations" in sys.modules
+assert "pyspark" not in sys.modules, "GX loaded pyspark"
+assert not gx_fast.spark_available()
+import pyspark.sql  # importable again once GX is in
+from feedstore.ingestion.validate.spark_engine import SparkGXRunner
+try:
+    SparkGXRunner()
+except ConfigError as e:
+    print("refused:", e)
+"""
+
+
+def test_gx_without_spark_loads_no_pyspark_and_validating_on_spark_then_says_why(tmp_path):
+    """gx_fast.without_spark (the CLI on the DuckDB engine): GX imports with pyspark hidden, pyspark stays importable
+    after it, and GX's Spark validation in that process fails with one line instead of GX's missing-pyspark
+    errors. A script file, not `python -c`: pyspark.sql.connect exits a `python -c` process during GX's import."""
+    from tests.conftest import require_spark
+
+    require_spark()
+    script = tmp_path / "without_spark.py"
+    script.write_text(WITHOUT_SPARK)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "refused: Great Expectations was loaded without Spark support" in res.stdout
