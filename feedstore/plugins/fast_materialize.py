@@ -260,9 +260,8 @@ class FastMaterializationEngine(LocalComputeEngine):
         read, written = sum(c["read"] for c in counts), sum(c["written"] for c in counts)
         dt = time.perf_counter() - t0
         why = list(dict.fromkeys(w for c in counts for w in (c["why"] or "").split("; ") if w))
-        log.info("materialize %s on Spark: %s new keys with RESTORE, %s rows with HSET%s", fv.name,
-                 f"{sum(c['restored'] for c in counts):,}", f"{sum(c['hset'] for c in counts):,}",
-                 f" ({'; '.join(why)})" if why else "")
+        log.info("materialize %s on Spark: %s", fv.name,
+                 _write_paths(sum(c["restored"] for c in counts), sum(c["hset"] for c in counts), why))
         log.info("materialized %s [%s, %s] with the fast engine on Spark (%d partitions): %s entities read, %s "
                  "written, %s already newer online, in %.2f s (%s entities/s)", fv.name, task.start_time.isoformat(),
                  task.end_time.isoformat(), len(counts), f"{read:,}", f"{written:,}", f"{read - written:,}", dt,
@@ -272,6 +271,11 @@ class FastMaterializationEngine(LocalComputeEngine):
 SPARK_STORE_TYPE = "feedstore.plugins.spark_offline_store.SparkPitOfflineStore"
 _COUNTS = pa.schema([("read", pa.int64()), ("written", pa.int64()), ("restored", pa.int64()), ("hset", pa.int64()),
                      ("why", pa.string())])
+
+
+def _write_paths(restored: int, hset: int, why: list[str]) -> str:
+    """The log's account of how a view's rows were written: new keys restored, rows HSET, and why HSET."""
+    return f"{restored:,} new keys with RESTORE, {hset:,} rows with HSET" + (f" ({'; '.join(why)})" if why else "")
 
 
 def _last_error(e: Exception) -> str:
@@ -1157,8 +1161,7 @@ class _RedisStream:
     def describe(self, view: str) -> str:
         """One line: which write path this view's rows took and why."""
         path = self.paths.get(view, {"restored": 0, "hset": 0, "why": []})
-        why = f" ({'; '.join(path['why'])})" if path["why"] else ""
-        return f"{path['restored']:,} new keys with RESTORE, {path['hset']:,} rows with HSET{why}"
+        return _write_paths(path["restored"], path["hset"], path["why"])
 
     def restore_mode(self, layout: _Layout, ts_value, values) -> np.ndarray | None:
         """Rows of this batch to RESTORE if EXISTS finds none of its keys (None: HSET them all); the first time,

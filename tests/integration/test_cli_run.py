@@ -83,8 +83,7 @@ print(json.dumps({"rc": code, "pyspark": "pyspark" in sys.modules,
 """
 
 
-@pytest.mark.parametrize("engine_env", [{}, {"FEEDSTORE_ENGINE": "duckdb"}])
-def test_the_duckdb_cli_loads_no_pyspark_even_through_great_expectations(faulty_run, tmp_path, engine_env):
+def test_the_duckdb_cli_loads_no_pyspark_even_through_great_expectations(faulty_run, tmp_path):
     """GX imports pyspark whenever it is installed (`make test` installs the spark extra); on the DuckDB engine the
     CLI has GX import without it (feedstore.core.gx_fast.without_spark), so validate and stats run, their gates
     included, with no pyspark in the process."""
@@ -99,7 +98,7 @@ def test_the_duckdb_cli_loads_no_pyspark_even_through_great_expectations(faulty_
     script.write_text(_CLI_THEN_MODULES)
     for stage in (["validate", "--end", "2024-02-29"], ["stats", "--end", "2024-02-29"]):
         res = subprocess.run([sys.executable, str(script), "--log-level", "WARNING", "--data-dir",
-                              str(tmp_path / "d"), *stage], cwd=tmp_path, env={**env, **engine_env},
+                              str(tmp_path / "d"), *stage], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=1200)
         loaded = json.loads(res.stderr.strip().splitlines()[-1])
         assert loaded["rc"] in (0, None), res.stderr[-3000:]
