@@ -40,12 +40,6 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | Non
     return Reference(expected, bins).psi(actual)
 
 
-def psi_or_reason(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> tuple[float | None, str | None]:
-    """PSI, or None and why it would mislead: when the reference's quantile bins collapse (binary or mostly-one-value
-    features: fewer than half of the `bins` remain), a PSI near 0 says nothing about drift."""
-    return Reference(expected, bins).psi_or_reason(actual)
-
-
 class Reference:
     """A reference distribution (train) for PSI: its non-null values and quantile bin edges, computed once however
     many splits are compared with it (the report compares val and test)."""
@@ -70,6 +64,8 @@ class Reference:
         return float(np.sum((pa_ - pe) * np.log(pa_ / pe)))
 
     def psi_or_reason(self, actual: np.ndarray) -> tuple[float | None, str | None]:
+        """PSI, or None and why it would mislead: when the reference's quantile bins collapse (binary or
+        mostly-one-value features: fewer than half of the bins remain), a PSI near 0 says nothing about drift."""
         e, bins = self.values, self.bins
         if not len(e) or not np.any(~np.isnan(actual)):
             return None, "no non-null values"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import duckdb
 
 
@@ -13,6 +18,24 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+@contextmanager
+def spilling(memory_limit: str | None = None, temp_directory: str | None = None, *, threads: int | None = None,
+             prefix: str = "feedstore-duckdb-") -> Iterator[duckdb.DuckDBPyConnection]:
+    """`connect()` holding at most `memory_limit` (if given; DuckDB's default is 80% of RAM) and spilling to
+    `temp_directory`, or to a private temporary directory (never the current one) removed with the connection."""
+    con = connect(threads)
+    own = None if temp_directory else tempfile.mkdtemp(prefix=prefix)
+    try:
+        con.execute(f"SET temp_directory = {literal(temp_directory or own)}")
+        if memory_limit:
+            con.execute(f"SET memory_limit = {literal(memory_limit)}")
+        yield con
+    finally:
+        con.close()
+        if own:
+            shutil.rmtree(own, ignore_errors=True)
 
 
 def literal(value: object) -> str:

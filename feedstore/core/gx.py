@@ -33,12 +33,6 @@ log = logging.getLogger(__name__)
 ROW, TABLE = "row", "table"
 
 
-def preload() -> None:
-    """Import Great Expectations now (~1-2.5 s): for a caller that would otherwise wait idle (e.g. for a join) and
-    validates later."""
-    gx_fast.load()
-
-
 def expectation(cls_name: str, rule: str, level: str = ROW, **kwargs: Any):
     """Build a GX expectation tagged with its rule name and level (row = warning, table = critical)."""
     gx_fast.load()

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,18 +213,9 @@ class AsofRetrievalJob(RetrievalJob):
     @contextmanager
     def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A DuckDB connection with the entity rows registered; spills go to a private temp dir, removed after."""
-        con = duck.connect()
-        own_tmp = None if self._temp_directory else tempfile.mkdtemp(prefix="feedstore-asof-")
-        try:
-            con.execute(f"SET temp_directory = '{self._temp_directory or own_tmp}'")
-            if self._memory_limit:
-                con.execute(f"SET memory_limit = '{self._memory_limit}'")
+        with duck.spilling(self._memory_limit, self._temp_directory, prefix="feedstore-asof-") as con:
             self._entity.register(con)
             yield con
-        finally:
-            con.close()
-            if own_tmp:
-                shutil.rmtree(own_tmp, ignore_errors=True)
 
     def _sql(self, rows: tuple[int, int] | None = None, span: tuple[Any, Any] | None = None) -> str:
         """The point-in-time query over all entity rows, or over row numbers [rows) with feature rows pruned to

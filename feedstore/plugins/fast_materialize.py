@@ -53,7 +53,6 @@ import queue
 import re
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -76,7 +75,7 @@ from feast.repo_config import FeastConfigBaseModel
 from feast.value_type import ValueType
 from pydantic import StrictBool, StrictInt
 
-from feedstore.core.duck import connect
+from feedstore.core.duck import spilling
 from feedstore.core.errors import ServingError
 from feedstore.core.io import read_ahead
 from feedstore.core.logs import redact
@@ -205,12 +204,9 @@ class FastMaterializationEngine(LocalComputeEngine):
         ttl = cfg.online_store.key_ttl_seconds
         read = written = 0
         with ExitStack() as stack:
-            spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="feedstore-materialize-"))
             stream = stack.enter_context(_RedisStream(client, self.restore_new_keys))
-            con = connect(self.duckdb_threads)
-            stack.callback(con.close)
-            con.execute(f"SET memory_limit = '{self.duckdb_memory_limit}'")
-            con.execute(f"SET temp_directory = '{spill}'")  # a private spill directory, never the current one
+            con = stack.enter_context(spilling(self.duckdb_memory_limit, threads=self.duckdb_threads,
+                                               prefix="feedstore-materialize-"))
             path = _source_path(fv.batch_source, cfg.repo_path)
             files = _window_files(con, path, _utc(task.start_time))
             reader = con.sql(_latest_rows_sql(fv, path if files is None else files),

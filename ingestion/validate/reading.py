@@ -3,8 +3,6 @@ repeated keys across files."""
 
 from __future__ import annotations
 
-import tempfile
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -108,9 +106,7 @@ def _non_first_rows(files: list[Path], memory_limit: str) -> tuple[dict[str, np.
     """Across all files: rows that repeat an earlier interaction_id / (user, item, timestamp), per file path.
     DuckDB holds at most `memory_limit` for it (grouping 100M keys took ~15 GiB without a limit) and spills the
     rest to a private temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="feedstore-validate-") as spill, closing(duck.connect()) as con:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-        con.execute(f"SET temp_directory = '{spill}'")
+    with duck.spilling(memory_limit, prefix="feedstore-validate-") as con:
         return _non_first_rows_with(con, files)
 
 
