@@ -202,7 +202,6 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
     stage = pending.path / version
     stage.mkdir(parents=True)
     writers: dict[str, Any] = {}
-    writing: list[Future] = []
     progress = batches = split_writer = None
     try:
         import pyarrow.parquet as pq
@@ -236,17 +235,18 @@ def _build(cfg: PipelineConfig, *, online_store: str | None, version: str | None
                 numeric = [c for c in features if _is_numeric(public.schema.field(c).type)]
                 summary = FeatureSummary(numeric, {n: int(expected[n]) for n in TRAINING_SPLITS})
             parts = {name: part for name in TRAINING_SPLITS if (part := _rows_of(public, label == name)) is not None}
+            writes = []
             for name, part in parts.items():  # encoded and compressed on the writer thread (Arrow frees the GIL)
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(stage / f"{name}.parquet", public.schema, **PARQUET_OPTIONS)
-                writing.append(split_writer.submit(writers[name].write_table, part))
+                writes.append(split_writer.submit(writers[name].write_table, part))
             for observer in observers:
                 observer.add(table, label)
             for name, part in parts.items():
                 summary.add(name, part)
                 _add_totals(totals[name], part)
-            while writing:  # this batch is written before the next one is taken: two batches in memory at most
-                writing.pop(0).result()
+            for write in writes:  # this batch is written before the next one is taken: two batches in memory
+                write.result()
             if fitting is None and pool is not None and summary.rows["train"] == expected["train"] > 0:
                 # train is the earliest split and its sample is complete: the worker fits while the join goes on
                 fitting = _submit_fit(pool, summary, numeric, stage)

@@ -419,21 +419,20 @@ def main(argv: list[str] | None = None) -> None:
     # see bench/RESULTS.md). Freezing them at exit skips that final pass; atexit handlers and flushing still run.
     atexit.register(gc.freeze)
     try:
-        try:
-            cli.main(args=argv, prog_name="feedstore", standalone_mode=False)
-        except click.exceptions.Abort:
-            click.echo("feedstore: aborted", err=True)
-            sys.exit(130)
-        except click.ClickException as e:
-            e.show()
-            sys.exit(e.exit_code)
-        except FeedstoreError as e:
-            click.echo(redact(f"feedstore: error: {e}"), err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("feedstore: interrupted", err=True)
-            sys.exit(130)
+        cli.main(args=argv, prog_name="feedstore", standalone_mode=False)
         sys.exit(0)
+    except click.exceptions.Abort:
+        click.echo("feedstore: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except FeedstoreError as e:
+        click.echo(redact(f"feedstore: error: {e}"), err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("feedstore: interrupted", err=True)
+        sys.exit(130)
     finally:  # the DuckDB engine's GX without Spark is this command's setting, not an in-process caller's
         gx_fast.without_spark(False)
 
